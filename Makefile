@@ -1,0 +1,44 @@
+# Two entry points: `make run` (the product on real Kafka + PostgreSQL, loaded with the
+# Humberside sample) and `make test` (the whole suite). Both call `make install` first.
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint typecheck down status bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v $(PY) >/dev/null || PY=python3
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	bash infra/system-deps.sh
+	touch $(STAMP)
+
+run: install
+	$(BIN)/lpt up --import-sample
+
+down: install
+	$(BIN)/lpt down
+
+status: install
+	$(BIN)/lpt status
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	bash infra/run-tests.sh
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
+
+bench: install
+	$(BIN)/python benchmarks/ingest_rates.py
+
+clean:
+	-$(BIN)/lpt down
+	rm -rf .lpt

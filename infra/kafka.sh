@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# Apache Kafka (KRaft, single combined broker+controller) assembled from Maven Central jars.
+#   infra/kafka.sh fetch|format|start|wait|stop|status
+# State lives in $LPT_HOME/kafka (git-ignored). Ports: $LPT_KAFKA_PORT (client),
+# $LPT_KAFKA_CONTROLLER_PORT (controller). The Kafka version is pinned in infra/kafka/pom.xml.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(dirname "$HERE")"
+LPT_HOME="${LPT_HOME:-$ROOT/.lpt}"
+PORT="${LPT_KAFKA_PORT:-19092}"
+CPORT="${LPT_KAFKA_CONTROLLER_PORT:-19093}"
+KDIR="$LPT_HOME/kafka"
+LIBS="$KDIR/libs"
+DATA="$KDIR/data"
+CONF="$KDIR/server.properties"
+PIDF="$KDIR/kafka.pid"
+LOGF="$KDIR/kafka.out"
+HEAP="${LPT_KAFKA_HEAP:-768m}"
+
+java_cmd() {
+  java -Xms256m -Xmx"$HEAP" -XX:+UseG1GC -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$KDIR/log4j2.properties" -Dkafka.logs.dir="$KDIR/logs" \
+    -cp "$LIBS/*" "$@"
+}
+
+fetch() {
+  if compgen -G "$LIBS/kafka_2.13-*.jar" >/dev/null; then return 0; fi
+  mkdir -p "$LIBS"
+  echo "kafka: fetching jars from Maven Central into $LIBS"
+  mvn -q -B -f "$HERE/kafka/pom.xml" dependency:copy-dependencies \
+    -DoutputDirectory="$LIBS" -DincludeScope=runtime
+}
+
+write_config() {
+  mkdir -p "$KDIR/logs"
+  cat >"$CONF" <<CFG
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$CPORT
+listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CPORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$PORT
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+log.dirs=$DATA
+num.partitions=6
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=12
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=false
+log.retention.hours=-1
+log.segment.bytes=67108864
+message.max.bytes=10485760
+CFG
+  cat >"$KDIR/log4j2.properties" <<'L4J'
+status = warn
+appender.file.type = RollingFile
+appender.file.name = file
+appender.file.fileName = ${sys:kafka.logs.dir}/server.log
+appender.file.filePattern = ${sys:kafka.logs.dir}/server.log.%i
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+appender.file.policies.type = Policies
+appender.file.policies.size.type = SizeBasedTriggeringPolicy
+appender.file.policies.size.size = 20MB
+appender.file.strategy.type = DefaultRolloverStrategy
+appender.file.strategy.max = 3
+rootLogger.level = info
+rootLogger.appenderRef.file.ref = file
+logger.kafka.name = kafka
+logger.kafka.level = warn
+logger.apache.name = org.apache.kafka
+logger.apache.level = warn
+L4J
+}
+
+format() {
+  fetch
+  write_config
+  if [[ -f "$DATA/meta.properties" ]]; then return 0; fi
+  mkdir -p "$DATA"
+  local id
+  id="$(java_cmd kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)"
+  echo "kafka: formatting storage (cluster id $id)"
+  java_cmd kafka.tools.StorageTool format -t "$id" -c "$CONF" --ignore-formatted >/dev/null
+}
+
+running() { [[ -f "$PIDF" ]] && kill -0 "$(cat "$PIDF")" 2>/dev/null; }
+
+start() {
+  format
+  if running; then echo "kafka: already running (pid $(cat "$PIDF"))"; return 0; fi
+  echo "kafka: starting on 127.0.0.1:$PORT"
+  nohup bash -c "exec java -Xms256m -Xmx$HEAP -XX:+UseG1GC -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile='$KDIR/log4j2.properties' -Dkafka.logs.dir='$KDIR/logs' \
+    -cp '$LIBS/*' kafka.Kafka '$CONF'" >"$LOGF" 2>&1 </dev/null &
+  echo $! >"$PIDF"
+}
+
+wait_ready() {
+  local deadline=$((SECONDS + ${1:-120}))
+  until (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; do
+    if ! running; then echo "kafka: process exited; see $LOGF and $KDIR/logs/server.log" >&2; tail -20 "$LOGF" >&2; exit 1; fi
+    if ((SECONDS > deadline)); then echo "kafka: not ready in time" >&2; exit 1; fi
+    sleep 0.5
+  done
+  echo "kafka: ready on 127.0.0.1:$PORT"
+}
+
+stop() {
+  if ! running; then rm -f "$PIDF"; echo "kafka: not running"; return 0; fi
+  local pid; pid="$(cat "$PIDF")"
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+  kill -9 "$pid" 2>/dev/null || true
+  rm -f "$PIDF"
+  echo "kafka: stopped"
+}
+
+case "${1:-}" in
+  fetch) fetch ;;
+  format) format ;;
+  start) start ;;
+  wait) wait_ready "${2:-120}" ;;
+  stop) stop ;;
+  status) if running; then echo "kafka: running (pid $(cat "$PIDF"), 127.0.0.1:$PORT)"; else echo "kafka: stopped"; exit 3; fi ;;
+  *) echo "usage: $0 fetch|format|start|wait|stop|status" >&2; exit 2 ;;
+esac
