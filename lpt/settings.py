@@ -57,28 +57,47 @@ def _api_keys(raw: str) -> dict[str, str]:
 class Settings:
     """Runtime configuration. Field metadata ``env`` names the variable, ``doc`` explains it."""
 
-    home: Path = field(metadata={"env": "LPT_HOME", "doc": "State directory (Kafka, PostgreSQL, logs, pids)"})
-    kafka_bootstrap: str = field(
-        metadata={"env": "LPT_KAFKA_BOOTSTRAP", "doc": "Kafka bootstrap servers; empty = run local Kafka"}
+    home: Path = field(
+        metadata={"env": "LPT_HOME", "doc": "State directory (Kafka, PostgreSQL, logs, pids)"}
     )
-    kafka_port: int = field(metadata={"env": "LPT_KAFKA_PORT", "doc": "Port of the local Kafka broker"})
+    kafka_bootstrap: str = field(
+        metadata={
+            "env": "LPT_KAFKA_BOOTSTRAP",
+            "doc": "Kafka bootstrap servers; empty = run local Kafka",
+        }
+    )
+    kafka_port: int = field(
+        metadata={"env": "LPT_KAFKA_PORT", "doc": "Port of the local Kafka broker"}
+    )
     kafka_controller_port: int = field(
         metadata={"env": "LPT_KAFKA_CONTROLLER_PORT", "doc": "Port of the local KRaft controller"}
     )
     database_url: str = field(
         metadata={"env": "LPT_DATABASE_URL", "doc": "PostgreSQL URL; empty = run local PostgreSQL"}
     )
-    pg_port: int = field(metadata={"env": "LPT_PG_PORT", "doc": "Port of the local PostgreSQL cluster"})
+    pg_port: int = field(
+        metadata={"env": "LPT_PG_PORT", "doc": "Port of the local PostgreSQL cluster"}
+    )
     http_host: str = field(metadata={"env": "LPT_HTTP_HOST", "doc": "Web service bind address"})
     http_port: int = field(metadata={"env": "LPT_HTTP_PORT", "doc": "Web service port"})
     data_dir: Path = field(
-        metadata={"env": "LPT_DATA_DIR", "doc": "Reference and sample data (police.uk, postcodes, IMD, Census)"}
+        metadata={
+            "env": "LPT_DATA_DIR",
+            "doc": "Reference and sample data (police.uk, postcodes, IMD, Census)",
+        }
     )
-    force_name: str = field(metadata={"env": "LPT_FORCE_NAME", "doc": "The force whose tables are built"})
+    force_name: str = field(
+        metadata={"env": "LPT_FORCE_NAME", "doc": "The force whose tables are built"}
+    )
     force_boundary: Path = field(
-        metadata={"env": "LPT_FORCE_BOUNDARY", "doc": "GeoJSON of the force area (default: shipped Humberside)"}
+        metadata={
+            "env": "LPT_FORCE_BOUNDARY",
+            "doc": "GeoJSON of the force area (default: shipped Humberside)",
+        }
     )
-    topic_prefix: str = field(metadata={"env": "LPT_TOPIC_PREFIX", "doc": "Prefix of every Kafka topic name"})
+    topic_prefix: str = field(
+        metadata={"env": "LPT_TOPIC_PREFIX", "doc": "Prefix of every Kafka topic name"}
+    )
     topic_partitions: int = field(
         metadata={"env": "LPT_TOPIC_PARTITIONS", "doc": "Partitions of the input topics"}
     )
@@ -91,12 +110,21 @@ class Settings:
     max_batch_events: int = field(
         metadata={"env": "LPT_MAX_BATCH_EVENTS", "doc": "Most events in one gateway batch"}
     )
-    log_format: str = field(metadata={"env": "LPT_LOG_FORMAT", "doc": "json (production) or console"})
+    log_format: str = field(
+        metadata={"env": "LPT_LOG_FORMAT", "doc": "json (production) or console"}
+    )
     log_level: str = field(metadata={"env": "LPT_LOG_LEVEL", "doc": "Log level"})
-    demo_mode: bool = field(metadata={"env": "LPT_DEMO", "doc": "Seed demo accounts (local use only)"})
-    stream_workers: int = field(metadata={"env": "LPT_STREAM_WORKERS", "doc": "Stream workers started by lpt up"})
+    demo_mode: bool = field(
+        metadata={"env": "LPT_DEMO", "doc": "Seed demo accounts (local use only)"}
+    )
+    stream_workers: int = field(
+        metadata={"env": "LPT_STREAM_WORKERS", "doc": "Stream workers started by lpt up"}
+    )
     score_change_threshold: float = field(
-        metadata={"env": "LPT_SCORE_CHANGE_THRESHOLD", "doc": "Score move that emits priority.changed"}
+        metadata={
+            "env": "LPT_SCORE_CHANGE_THRESHOLD",
+            "doc": "Score move that emits priority.changed",
+        }
     )
 
     @property

@@ -1,0 +1,164 @@
+"""Kafka plumbing shared by producers, workers and the web service.
+
+Topic names get the deployment prefix here and only here. ``ensure_topics`` creates the whole
+catalogue idempotently (a topic that exists is left alone), so every process can call it at
+start-up. ``publish`` sends a list of events with aiokafka batches: one ``send()`` per message
+tops out around 40k/s in Python, batching is an order of magnitude faster (DESIGN §7).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+
+from lpt.settings import Settings, get_settings
+from schemas.envelope import Envelope
+from schemas.registry import encode
+from schemas.topics import ALL_TOPICS, TopicSpec, event_key, topic_for
+
+
+def topic_name(spec: TopicSpec, settings: Settings | None = None) -> str:
+    return (settings or get_settings()).topic_prefix + spec.name
+
+
+def dead_letter_topic_name(spec: TopicSpec, settings: Settings | None = None) -> str:
+    return (settings or get_settings()).topic_prefix + spec.dead_letter_name
+
+
+def _topic_config(spec: TopicSpec) -> dict[str, str]:
+    config = {"cleanup.policy": spec.cleanup_policy, "retention.ms": str(spec.retention_ms)}
+    config.update(spec.config)
+    return config
+
+
+def planned_topics(settings: Settings | None = None) -> list[NewTopic]:
+    settings = settings or get_settings()
+    topics: list[NewTopic] = []
+    for spec in ALL_TOPICS:
+        partitions = spec.partitions or settings.topic_partitions
+        topics.append(
+            NewTopic(topic_name(spec, settings), partitions, 1, topic_configs=_topic_config(spec))
+        )
+        if spec.dead_letter:
+            topics.append(
+                NewTopic(
+                    dead_letter_topic_name(spec, settings),
+                    1,
+                    1,
+                    topic_configs={"cleanup.policy": "delete", "retention.ms": str(-1)},
+                )
+            )
+    return topics
+
+
+async def ensure_topics(settings: Settings | None = None) -> list[str]:
+    """Create every catalogue topic that does not exist yet; returns the names created."""
+    settings = settings or get_settings()
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in planned_topics(settings) if t.name not in existing]
+        created: list[str] = []
+        for topic in missing:  # one at a time: a racing creator makes only that one fail
+            try:
+                await admin.create_topics([topic])
+                created.append(topic.name)
+            except TopicAlreadyExistsError:
+                pass
+        return created
+    finally:
+        await admin.close()
+
+
+async def wait_for_kafka(settings: Settings | None = None, timeout: float = 60.0) -> None:
+    settings = settings or get_settings()
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=5000
+        )
+        try:
+            await admin.start()
+            await admin.list_topics()
+            return
+        except (TimeoutError, KafkaConnectionError, OSError):
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+        finally:
+            await admin.close()
+
+
+def make_producer(settings: Settings | None = None, **overrides: object) -> AIOKafkaProducer:
+    settings = settings or get_settings()
+    options: dict[str, object] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": 5,
+        "max_batch_size": 1024 * 1024,
+        "max_request_size": 8 * 1024 * 1024,
+    }
+    options.update(overrides)
+    return AIOKafkaProducer(**options)
+
+
+async def publish(
+    producer: AIOKafkaProducer,
+    events: Iterable[Envelope],
+    settings: Settings | None = None,
+) -> int:
+    """Send events to their catalogue topics, keyed by :func:`event_key`; waits for acks."""
+    settings = settings or get_settings()
+    futures: list[asyncio.Future[object]] = []
+    for event in events:
+        fut = await producer.send(
+            topic_name(topic_for(event), settings),
+            encode(event),
+            key=event_key(event),
+            headers=_headers(event),
+        )
+        futures.append(fut)
+    if futures:
+        await asyncio.gather(*futures)
+    return len(futures)
+
+
+async def publish_raw(
+    producer: AIOKafkaProducer, topic: str, messages: Sequence[tuple[bytes | None, bytes]]
+) -> None:
+    """Send pre-encoded (key, value) pairs with partition batches: the fast path for imports."""
+    partitions = sorted(await producer.partitions_for(topic))
+    batches: dict[int, Any] = {}
+    pending: list[asyncio.Future[object]] = []
+
+    def partition_of(key: bytes | None) -> int:
+        return producer._partitioner(key, partitions, partitions)  # type: ignore[no-any-return]
+
+    for key, value in messages:
+        part = partition_of(key)
+        batch = batches.get(part)
+        if batch is None:
+            batch = batches[part] = producer.create_batch()
+        if batch.append(key=key, value=value, timestamp=None) is None:
+            pending.append(await producer.send_batch(batch, topic, partition=part))
+            batch = batches[part] = producer.create_batch()
+            batch.append(key=key, value=value, timestamp=None)
+    for part, batch in batches.items():
+        if batch.record_count():
+            pending.append(await producer.send_batch(batch, topic, partition=part))
+    if pending:
+        await asyncio.gather(*pending)
+
+
+def _headers(event: Envelope) -> list[tuple[str, bytes]]:
+    headers = [("event_type", event.type.encode())]
+    if event.trace_id:
+        headers.append(("trace_id", event.trace_id.encode()))
+    return headers
