@@ -120,6 +120,12 @@ class Settings:
     stream_workers: int = field(
         metadata={"env": "LPT_STREAM_WORKERS", "doc": "Stream workers started by lpt up"}
     )
+    master_key_file: Path = field(
+        metadata={
+            "env": "LPT_MASTER_KEY_FILE",
+            "doc": "Master key wrapping per-person keys (created if missing)",
+        }
+    )
     score_change_threshold: float = field(
         metadata={
             "env": "LPT_SCORE_CHANGE_THRESHOLD",
@@ -177,6 +183,7 @@ class Settings:
             log_level=_env("LPT_LOG_LEVEL", "info"),
             demo_mode=_env("LPT_DEMO", "0") in ("1", "true", "yes"),
             stream_workers=_env_int("LPT_STREAM_WORKERS", 1),
+            master_key_file=Path(_env("LPT_MASTER_KEY_FILE", str(home / "secrets" / "master.key"))),
             score_change_threshold=_env_float("LPT_SCORE_CHANGE_THRESHOLD", 0.1),
         )
 
