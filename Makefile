@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: install
-	$(BIN)/lpt up --import-sample
+	LPT_DEMO=1 $(BIN)/lpt up --import-sample
 
 down: install
 	$(BIN)/lpt down

@@ -58,6 +58,17 @@ def _prepare(_: argparse.Namespace) -> int:
     return 0
 
 
+def _init(_: argparse.Namespace) -> int:
+    """Prepare configured (possibly remote) servers: migrations, topics, reference data."""
+    from reference.loaders import load_reference_if_empty
+
+    from lpt.services import prepare
+
+    asyncio.run(prepare())
+    asyncio.run(load_reference_if_empty(get_settings()))
+    return 0
+
+
 def _migrate(_: argparse.Namespace) -> int:
     from lpt.db import migrate
 
@@ -117,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "prepare", help="start Kafka and PostgreSQL, migrate, create topics"
     ).set_defaults(func=_prepare)
+    sub.add_parser(
+        "init", help="on configured servers: migrate, create topics, load reference data"
+    ).set_defaults(func=_init)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=_migrate)
     sub.add_parser("topics", help="create the catalogue's topics").set_defaults(func=_topics)
     sub.add_parser("config", help="print the settings and their variables").set_defaults(
@@ -167,6 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=300.0)
     p.set_defaults(func=_lazy("streams.cli:wait_idle"))
     return parser
+
+
+def command_names() -> set[str]:
+    parser = build_parser()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return set(action.choices)
+    return set()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,8 @@ from functools import lru_cache
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+#: Gateway key available only in demo mode (LPT_DEMO=1, set by `make run`), never otherwise.
+DEMO_INGEST_KEY = "demo-only-not-for-production"
 
 
 def _env(name: str, default: str) -> str:
@@ -157,6 +159,11 @@ class Settings:
     @classmethod
     def from_env(cls) -> Settings:
         home = Path(_env("LPT_HOME", str(PROJECT_ROOT / ".lpt"))).resolve()
+        demo = _env("LPT_DEMO", "0") in ("1", "true", "yes")
+        api_keys = _api_keys(_env("LPT_INGEST_API_KEYS", ""))
+        if demo and not api_keys:
+            # Local demo only: a well-known key so the gateway can be tried from the README.
+            api_keys = {DEMO_INGEST_KEY: "demo-crime-system"}
         return cls(
             home=home,
             kafka_bootstrap=_env("LPT_KAFKA_BOOTSTRAP", ""),
@@ -176,12 +183,12 @@ class Settings:
             ),
             topic_prefix=_env("LPT_TOPIC_PREFIX", "lpt."),
             topic_partitions=_env_int("LPT_TOPIC_PARTITIONS", 6),
-            ingest_api_keys=_api_keys(_env("LPT_INGEST_API_KEYS", "")),
+            ingest_api_keys=api_keys,
             max_request_bytes=_env_int("LPT_MAX_REQUEST_BYTES", 5 * 1024 * 1024),
             max_batch_events=_env_int("LPT_MAX_BATCH_EVENTS", 5000),
             log_format=_env("LPT_LOG_FORMAT", "json"),
             log_level=_env("LPT_LOG_LEVEL", "info"),
-            demo_mode=_env("LPT_DEMO", "0") in ("1", "true", "yes"),
+            demo_mode=demo,
             stream_workers=_env_int("LPT_STREAM_WORKERS", 1),
             master_key_file=Path(_env("LPT_MASTER_KEY_FILE", str(home / "secrets" / "master.key"))),
             score_change_threshold=_env_float("LPT_SCORE_CHANGE_THRESHOLD", 0.1),
