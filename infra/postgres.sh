@@ -10,6 +10,15 @@ ROOT="$(dirname "$HERE")"
 LPT_HOME="${LPT_HOME:-$ROOT/.lpt}"
 PORT="${LPT_PG_PORT:-15432}"
 PGROOT="$LPT_HOME/pg"
+# As root, the cluster runs as the `postgres` user, who may not be able to enter a checkout
+# that lives in a private directory (e.g. one made by mktemp -d). Use a per-home folder under
+# /var/tmp then.
+if [[ $(id -u) -eq 0 ]]; then
+  mkdir -p "$PGROOT"
+  if ! runuser -u postgres -- test -x "$PGROOT" 2>/dev/null; then
+    PGROOT="/var/tmp/lpt-pg/$(printf '%s' "$LPT_HOME" | md5sum | cut -c1-12)"
+  fi
+fi
 PGDATA="$PGROOT/data"
 SOCK="$PGROOT/run"
 LOGF="$PGROOT/postgres.log"
