@@ -1,0 +1,78 @@
+"""Every metric the system exports, in one catalogue (Prometheus text format).
+
+Why one catalogue: dashboards, alerts and the ops page depend on exact names and labels; a
+metric defined ad hoc in a module is a metric nobody can find. Lag metrics follow the common
+exporters' names (``kafka_consumergroup_lag``, ``kafka_consumergroup_lag_seconds``) so existing
+Grafana dashboards and alert rules work unchanged.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+EVENTS_PUBLISHED = Counter(
+    "lpt_events_published_total",
+    "Events published to Kafka",
+    ["topic", "source"],
+    registry=REGISTRY,
+)
+EVENTS_PROCESSED = Counter(
+    "lpt_events_processed_total",
+    "Events consumed and applied",
+    ["group", "topic"],
+    registry=REGISTRY,
+)
+EVENTS_DUPLICATE = Counter(
+    "lpt_events_duplicate_total",
+    "Events recognised as duplicates and skipped",
+    ["group", "topic"],
+    registry=REGISTRY,
+)
+DEAD_LETTERS = Counter(
+    "lpt_dead_letters_total",
+    "Messages sent to a dead-letter topic",
+    ["topic", "reason"],
+    registry=REGISTRY,
+)
+PROCESSING_SECONDS = Histogram(
+    "lpt_processing_seconds",
+    "Time to process one batch",
+    ["group"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+CONSUMER_LAG = Gauge(
+    "kafka_consumergroup_lag",
+    "Messages behind the end of the partition",
+    ["consumergroup", "topic", "partition"],
+    registry=REGISTRY,
+)
+CONSUMER_LAG_SECONDS = Gauge(
+    "kafka_consumergroup_lag_seconds",
+    "Age of the oldest unconsumed message",
+    ["consumergroup", "topic", "partition"],
+    registry=REGISTRY,
+)
+NOTIFICATIONS = Counter(
+    "lpt_notifications_total",
+    "Notification outcomes per channel",
+    ["channel", "status"],
+    registry=REGISTRY,
+)
+HTTP_REQUEST_SECONDS = Histogram(
+    "lpt_http_request_seconds",
+    "HTTP request latency",
+    ["method", "route", "status"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+IMPORT_ROWS = Counter(
+    "lpt_import_rows_total",
+    "Rows read by importers, by outcome",
+    ["source", "outcome"],
+    registry=REGISTRY,
+)
