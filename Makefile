@@ -10,11 +10,12 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml web/package-lock.json
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
 	bash infra/system-deps.sh
+	cd web && npm ci --no-audit --no-fund --silent
 	touch $(STAMP)
 
 run: install
@@ -27,6 +28,7 @@ status: install
 	$(BIN)/lpt status
 
 test: install
+	bash infra/system-deps.sh --test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

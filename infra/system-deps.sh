@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the project runs on, when they are missing:
-# Java 17 and Maven (to assemble and run Apache Kafka) and PostgreSQL 15.
+# Java 17 and Maven (to assemble and run Apache Kafka), PostgreSQL 15, Node.js (front-end
+# assets from npm); with --test also Chromium for the browser tests.
 # Idempotent and quiet when everything is present.
 set -euo pipefail
 
 need=()
 command -v java >/dev/null || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need+=(maven)
+command -v npm >/dev/null || need+=(nodejs npm)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql postgresql-contrib)
+# Browser tests drive Debian's Chromium (no browser download is possible here).
+if [[ "${1:-}" == "--test" ]]; then
+  command -v chromium >/dev/null || need+=(chromium)
+fi
 
 if ((${#need[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
