@@ -134,6 +134,28 @@ class Settings:
             "doc": "Score move that emits priority.changed",
         }
     )
+    public_url: str = field(
+        metadata={
+            "env": "LPT_PUBLIC_URL",
+            "doc": "Public https address of the web pages, for links in messages (empty = base URL)",
+        }
+    )
+    smtp_url: str = field(
+        metadata={
+            "env": "LPT_SMTP_URL",
+            "doc": "Mail server, smtp://[user:pass@]host:port (smtps:// TLS, ?starttls=1)",
+        }
+    )
+    mail_from: str = field(metadata={"env": "LPT_MAIL_FROM", "doc": "From address of e-mails"})
+    smtp_connections: int = field(
+        metadata={"env": "LPT_SMTP_CONNECTIONS", "doc": "Concurrent SMTP connections per worker"}
+    )
+    sms_url: str = field(
+        metadata={"env": "LPT_SMS_URL", "doc": "SMS provider endpoint (HTTP POST); empty = off"}
+    )
+    push_url: str = field(
+        metadata={"env": "LPT_PUSH_URL", "doc": "Push provider endpoint (HTTP POST); empty = off"}
+    )
 
     @property
     def local_kafka(self) -> bool:
@@ -155,6 +177,11 @@ class Settings:
     def base_url(self) -> str:
         host = "127.0.0.1" if self.http_host in ("0.0.0.0", "") else self.http_host
         return f"http://{host}:{self.http_port}"
+
+    @property
+    def public_base_url(self) -> str:
+        """Where residents' links point (unsubscribe, reply): the public address if given."""
+        return (self.public_url or self.base_url).rstrip("/")
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -192,6 +219,12 @@ class Settings:
             stream_workers=_env_int("LPT_STREAM_WORKERS", 1),
             master_key_file=Path(_env("LPT_MASTER_KEY_FILE", str(home / "secrets" / "master.key"))),
             score_change_threshold=_env_float("LPT_SCORE_CHANGE_THRESHOLD", 0.1),
+            public_url=_env("LPT_PUBLIC_URL", ""),
+            smtp_url=_env("LPT_SMTP_URL", "smtp://127.0.0.1:1025"),
+            mail_from=_env("LPT_MAIL_FROM", "Local Priority Targeting <no-reply@localhost>"),
+            smtp_connections=_env_int("LPT_SMTP_CONNECTIONS", 4),
+            sms_url=_env("LPT_SMS_URL", ""),
+            push_url=_env("LPT_PUSH_URL", ""),
         )
 
     @classmethod
