@@ -32,7 +32,9 @@ p.meta{color:#505a5f;font-size:.9rem;margin:.2rem 0}
 th,td{text-align:left;padding:.35rem .5rem;border-bottom:1px solid #b1b4b6;vertical-align:top}
 td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 .doc{display:block;color:#505a5f;font-size:.85rem}.warn{color:#d4351c;font-weight:600}
-.ok{color:#00703c}code{font-size:.9em}
+.ok{color:#00703c}code{font-size:.9em;overflow-wrap:anywhere}
+@media (max-width:30rem){body{padding:.6rem}th,td{padding:.3rem .25rem}
+ table{font-size:.85rem}.doc{display:none}}
 """
 
 
@@ -71,7 +73,7 @@ def render_html(snap: StatusSnapshot, force: str, prefix: str, generated: dateti
             dlq = f'<span class="{cls}">{_n(t.dead_letters)}</span>'
         messages = _n(t.messages) if t.exists else '<span class="warn">missing</span>'
         rows.append(
-            f"<tr><td><code>{escape(t.name)}</code>"
+            f'<tr><td><code title="{escape(t.name)}">{escape(t.catalogue_name)}</code>'
             f'<span class="doc">{escape(t.doc)}</span></td>'
             f'<td class="n">{t.partitions}</td><td class="n">{messages}</td>'
             f'<td class="n">{dlq}</td></tr>'
@@ -80,7 +82,9 @@ def render_html(snap: StatusSnapshot, force: str, prefix: str, generated: dateti
         group_rows = []
         for g in snap.groups:
             per_topic = "<br>".join(
-                f"<code>{escape(topic)}</code>: {_n(lag)}" for topic, lag in g.lag_by_topic.items()
+                f'<code title="{escape(topic)}">{escape(topic.removeprefix(prefix))}</code>: '
+                f"{_n(lag)}"
+                for topic, lag in g.lag_by_topic.items()
             )
             group_rows.append(
                 f"<tr><td><code>{escape(g.group)}</code></td><td>{escape(g.state)}</td>"
@@ -113,7 +117,7 @@ def render_html(snap: StatusSnapshot, force: str, prefix: str, generated: dateti
 updated {generated:%Y-%m-%d %H:%M:%S} UTC (refreshes every {REFRESH_SECONDS} s)</p>
 <h2>Topics</h2>
 <div class="scroll"><table>
-<thead><tr><th>Topic</th><th class="n">Partitions</th><th class="n">Messages</th>
+<thead><tr><th>Topic</th><th class="n">Parts</th><th class="n">Messages</th>
 <th class="n">Dead letters</th></tr></thead>
 <tbody>{"".join(rows)}</tbody>
 </table></div>
