@@ -31,14 +31,14 @@ from aiokafka.errors import KafkaError
 from api.context import RESOURCES, SETTINGS
 from api.http import ApiKeys, HTTPProblem, read_json
 from lpt.geo import ForceArea
-from lpt.kafka import publish, topic_name
+from lpt.kafka import publish_raw, topic_name
 from lpt.logs import get_logger
 from lpt.metrics import EVENTS_PUBLISHED
 from lpt.settings import Settings
 from schemas.crime import CrimeReported, CrimeUpdated
 from schemas.envelope import deterministic_id
-from schemas.registry import InvalidEvent, parse_event
-from schemas.topics import CRIME
+from schemas.registry import InvalidEvent, encode, parse_event
+from schemas.topics import CRIME, event_key
 
 log = get_logger(__name__)
 
@@ -46,6 +46,7 @@ ACCEPTED_TYPES = ("crime.reported", "crime.updated")
 API_KEYS = web.AppKey("ingest_api_keys", ApiKeys)
 
 CrimeEvent = CrimeReported | CrimeUpdated
+_PLACEHOLDER_ID = UUID(int=0)
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ def split_body(body: Any, max_events: int) -> tuple[list[Any], bool]:
     raise HTTPProblem(422, 'body must be one event object or {"events": [...]}', None)
 
 
-def prepare_event(item: Any, system: str, area: ForceArea) -> CrimeEvent:
+def prepare_event(item: Any, system: str) -> CrimeEvent:
     """Validate one posted event as the calling system's crime event, with its derived id."""
     if not isinstance(item, dict):
         raise InvalidEvent("event must be a JSON object", None)
@@ -90,15 +91,25 @@ def prepare_event(item: Any, system: str, area: ForceArea) -> CrimeEvent:
         raise InvalidEvent(f"type: force systems may send only {', '.join(ACCEPTED_TYPES)}", "type")
     data = dict(item)
     data["source"] = system
-    data.pop("event_id", None)
+    data["event_id"] = _PLACEHOLDER_ID  # replaced below; spares validation a uuid4() draw
     event = parse_event(data)
     assert isinstance(event, CrimeReported | CrimeUpdated)
-    update: dict[str, Any] = {
-        "event_id": deterministic_id(system, event.incident_id, str(event.version))
-    }
-    if event.location is not None:
-        update["in_force_area"] = area.contains_point(event.location.lat, event.location.lng)
-    return event.model_copy(update=update)
+    # The model is frozen for its consumers; it is ours alone until returned, and a
+    # model_copy(update=...) per event costs about as much as validating it.
+    object.__setattr__(
+        event, "event_id", deterministic_id(system, event.incident_id, str(event.version))
+    )
+    return event
+
+
+def mark_force_area(events: list[CrimeEvent], area: ForceArea) -> None:
+    """Set ``in_force_area`` from each located event's point, one vectorised test per batch."""
+    located = [(e, e.location) for e in events if e.location is not None]
+    if not located:
+        return
+    inside = area.contains([loc.lat for _, loc in located], [loc.lng for _, loc in located])
+    for (event, _), flag in zip(located, inside.tolist(), strict=True):
+        object.__setattr__(event, "in_force_area", bool(flag))  # see prepare_event
 
 
 async def publish_once(
@@ -127,7 +138,9 @@ async def publish_once(
         new_ids = {r["event_id"] for r in rows}
         fresh = [events[first_index[i]] for i in ids if i in new_ids]
         if fresh:
-            await publish(producer, fresh, settings)
+            # The importer's fast path (partition batches): ~10x fewer client calls than one
+            # send() per event. Same topic, key and value bytes as lpt.kafka.publish.
+            await publish_raw(producer, topic, [(event_key(e), encode(e)) for e in fresh])
     if fresh:
         EVENTS_PUBLISHED.labels(topic, system).inc(len(fresh))
     return [
@@ -146,7 +159,7 @@ async def ingest_events(request: web.Request) -> web.Response:
     errors: list[dict[str, Any]] = []
     for index, item in enumerate(items):
         try:
-            events.append(prepare_event(item, system, resources.force_area))
+            events.append(prepare_event(item, system))
         except InvalidEvent as exc:
             errors.append({"index": index, "field": exc.field, "error": exc.reason})
     if errors:
@@ -160,6 +173,7 @@ async def ingest_events(request: web.Request) -> web.Response:
             index=first["index"],
             errors=errors,
         )
+    mark_force_area(events, resources.force_area)
     try:
         outcomes = await publish_once(resources.pool, resources.producer, events, system, settings)
     except (KafkaError, asyncpg.DeadlockDetectedError) as exc:
