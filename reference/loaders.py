@@ -23,6 +23,7 @@ from lpt.settings import Settings, get_settings
 from reference.sources import (
     Parsed,
     ReferenceDataError,
+    all_source_files,
     read_census_age,
     read_census_ethnic,
     read_local_authorities,
@@ -84,12 +85,16 @@ def _fingerprint(files: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def read_all(data_dir: Path, *, progress: bool = True) -> list[Parsed]:
-    """Parse and validate every file (no database access); ReferenceDataError on a bad file."""
+def _check_dir(data_dir: Path) -> None:
     if not data_dir.is_dir():
         raise ReferenceDataError(
             data_dir, "data directory not found (set LPT_DATA_DIR or pass --data-dir)"
         )
+
+
+def read_all(data_dir: Path, *, progress: bool = True) -> list[Parsed]:
+    """Parse and validate every file (no database access); ReferenceDataError on a bad file."""
+    _check_dir(data_dir)
     steps = ["local authorities", "postcodes", "Census age", "IMD", "Census ethnic group"]
     with tqdm(total=len(steps), desc="reading", unit="file set", disable=not progress) as bar:
         bar.set_postfix_str(steps[0])
@@ -144,15 +149,18 @@ async def _load(
     """(rows per dataset, whether anything was written)."""
     data_dir = Path(data_dir or settings.data_dir)
     started = time.monotonic()
-    parsed = read_all(data_dir, progress=progress)
-    files = [f for p in parsed for f in p.files]
-    fingerprint = _fingerprint(files)
+    _check_dir(data_dir)
+    fingerprint = _fingerprint(all_source_files(data_dir))
     conn = await asyncpg.connect(settings.dsn)
     try:
+        if not force and await _already_loaded(conn, fingerprint):
+            log.info("reference.unchanged", data_dir=str(data_dir))
+            return await loaded_counts(conn), False
+        parsed = read_all(data_dir, progress=progress)
         async with conn.transaction():
+            # One loader at a time; a concurrent one that got here first makes this one moot.
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_ID)
             if not force and await _already_loaded(conn, fingerprint):
-                log.info("reference.unchanged", data_dir=str(data_dir))
                 return await loaded_counts(conn), False
             counts = await _write(conn, parsed, data_dir, fingerprint, progress=progress)
     finally:

@@ -177,6 +177,18 @@ def _postcode(path: Path, line: int, column: str, raw: str) -> str:
         ) from None
 
 
+def all_source_files(data_dir: Path) -> list[Path]:
+    """Every file a load reads (for the fingerprint), without parsing; raises if one is missing."""
+    return [
+        *matching_files(data_dir, NSPL_GLOB),
+        *matching_files(data_dir, CODEPOINT_GLOB),  # includes the column_headers file
+        *(
+            required_file(data_dir, f)
+            for f in (IMD2019_FILE, IMD2025_FILE, LTLA_FILE, CENSUS_AGE_FILE, CENSUS_ETHNIC_FILE)
+        ),
+    ]
+
+
 # -- postcodes ------------------------------------------------------------------------------
 
 
