@@ -45,6 +45,7 @@ from lpt.db import create_pool
 from lpt.kafka import make_producer, publish
 from lpt.logs import get_logger
 from lpt.settings import Settings
+from reference.lookup import postcode_info
 from schemas.common import (
     AgeBand,
     Channel,
@@ -288,17 +289,10 @@ class PostcodeInfo:
 
 async def lookup_postcode(db: asyncpg.Pool | asyncpg.Connection, postcode: str) -> PostcodeInfo:
     """The reference row of a normalised postcode; :class:`UnknownPostcode` if there is none."""
-    row = await db.fetchrow(
-        """SELECT postcode, lat, lng, unlocated, ward_code, local_authority_code
-           FROM ref_postcodes WHERE postcode = $1""",
-        postcode,
-    )
-    if row is None:
+    info = await postcode_info(db, postcode)
+    if info is None:
         raise UnknownPostcode()
-    location = None
-    if not row["unlocated"] and row["lat"] is not None and row["lng"] is not None:
-        location = Location(lat=float(row["lat"]), lng=float(row["lng"]))
-    return PostcodeInfo(row["postcode"], location, row["ward_code"], row["local_authority_code"])
+    return PostcodeInfo(info.postcode, info.location, info.ward_code, info.local_authority_code)
 
 
 def cell_location(cell: str | None) -> Location | None:

@@ -31,16 +31,9 @@ NAME = "Alice Example"
 
 
 async def add_reference_postcodes(dsn: str) -> None:
-    """The few reference rows the tests need (the table comes from the reference migration;
-    it is created here only while that migration is not in the tree)."""
+    """The few reference rows the tests need (loading the whole reference set is not)."""
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute(
-            """CREATE TABLE IF NOT EXISTS ref_postcodes (
-                   postcode text PRIMARY KEY, lat double precision, lng double precision,
-                   cell text, unlocated boolean NOT NULL DEFAULT false, ward_code text,
-                   local_authority_code text)"""
-        )
         for pc, lat, lng, ward, la in (LOCATED, UNLOCATED):
             cell = h3.latlng_to_cell(lat, lng, 10) if lat is not None else None
             await conn.execute(
