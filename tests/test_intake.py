@@ -295,3 +295,24 @@ async def test_door_knock_needs_a_key_and_is_located_by_postcode(env: Env) -> No
     by_pc = {e.postcode: e for e in events}  # type: ignore[attr-defined]
     assert by_pc["HU1 1AA"].location is not None and by_pc["HU7 9AA"].location is None
     assert {e.source for e in events} == {"force-a"}
+
+
+async def test_python_producer_api(isolated_settings: Settings) -> None:
+    """The API the public pages and officer app call directly, without HTTP."""
+    from producers.intake import DoorKnockReport, UnknownPostcode, open_intake
+
+    settings = web_settings(isolated_settings)
+    await add_reference_postcodes(settings.dsn)
+    async with open_intake(settings) as intake:
+        done = await intake.register_resident(
+            Registration(postcode="HU7 9AA", channels=["sms"], consent_version="v1", phone=PHONE)
+        )
+        assert done.unlocated and done.cell is None and done.postcode == "HU7 9AA"
+        person = await intake.vault.get_person(done.resident_id)
+        assert person is not None and person.details.phone == "07700900123"
+        with pytest.raises(UnknownPostcode) as err:
+            await intake.record_door_knock(
+                DoorKnockReport(officer_id="officer-0042", postcode="ZZ9 9ZZ", outcome="spoke")
+            )
+        assert err.value.field == "postcode" and err.value.status == 422
+    assert await message_count(settings, RESIDENTS) == 1
