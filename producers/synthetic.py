@@ -77,9 +77,11 @@ QUARTER_DAYS = 91
 #: Registrations by hour of day (UTC): evenings and lunchtimes are when people fill in forms.
 _HOUR_WEIGHTS = (1, 1, 1, 1, 1, 1, 2, 4, 6, 7, 8, 8, 10, 9, 7, 7, 8, 10, 12, 14, 14, 11, 6, 3)
 _TWO32 = float(1 << 32)
+_TWO64 = float(1 << 64)
 _PRIORITY_COUNT_CUM = tuple(cumulative(P.PRIORITY_COUNT_WEIGHTS))
 #: Kafka publishing: events per flush (all topics together).
 PUBLISH_CHUNK = 20_000
+_YIELD_EVERY = 500
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,19 @@ def _h(*parts: object) -> int:
     """A 64-bit integer from the parts: seeds for per-item random generators."""
     text = "\x1f".join(str(p) for p in parts).encode()
     return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big")
+
+
+class _Hasher:
+    """``_h(seed, tag, index)`` for the hot loops: the prefix is encoded once, same result."""
+
+    __slots__ = ("_prefix",)
+
+    def __init__(self, *parts: object) -> None:
+        self._prefix = ("\x1f".join(str(p) for p in parts) + "\x1f").encode()
+
+    def __call__(self, index: int) -> int:
+        digest = hashlib.blake2b(self._prefix + str(index).encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big")
 
 
 def _hex(nbytes: int, *parts: object) -> str:
@@ -276,6 +291,9 @@ class SyntheticGenerator:
         self.config = config
         self.geo = geography or load_geography(config.data_dir or get_settings().data_dir)
         self.seed = config.seed
+        self._h_place = _Hasher(self.seed, "place")
+        self._h_resident = _Hasher(self.seed, "resident")
+        self._h_trust = _Hasher(self.seed, "trust")
         self._weights = cumulative(
             p.population * P.registration_propensity(p.income_decile) for p in self.geo.located
         )
@@ -297,7 +315,7 @@ class SyntheticGenerator:
 
     def place_of(self, index: int) -> Place:
         """Where resident ``index`` lives: one hash, no generator (survey waves ask a lot)."""
-        h = _h(self.seed, "place", index)
+        h = self._h_place(index)
         u_unlocated, u_place = (h >> 32) / _TWO32, (h & 0xFFFFFFFF) / _TWO32
         geo = self.geo
         if geo.unlocated and u_unlocated < self.config.unlocated_share:
@@ -307,7 +325,7 @@ class SyntheticGenerator:
     def resident(self, index: int) -> _Resident:
         """Resident ``index`` of this seed: the same answer every time it is asked."""
         place = self.place_of(index)
-        rng = random.Random(_h(self.seed, "resident", index))
+        rng = random.Random(self._h_resident(index))
         draw = rng.random
         age: str | None = None
         if draw() < P.AGE_ANSWER_RATE:
@@ -334,8 +352,12 @@ class SyntheticGenerator:
             ethnic_group=ethnic,
             channels=channels or ("email",),
             community_groups=groups,
-            trust=draw(),
+            trust=self.trust_of(index),
         )
+
+    def trust_of(self, index: int) -> float:
+        """Resident ``index``'s baseline-confidence quantile (a hash: waves need only this)."""
+        return self._h_trust(index) / _TWO64
 
     def _registered(self, r: _Resident, at: datetime) -> ResidentRegistered:
         key, key_id = synthetic_key(self.seed, r.rid)
@@ -382,9 +404,10 @@ class SyntheticGenerator:
 
     # ------------------------------------------------------------------ surveys
 
-    def _confidence(self, r: _Resident, rng: random.Random) -> int:
-        weights = P.confidence_weights(r.place.income_decile)
-        target = r.trust * sum(weights)
+    def _confidence(self, place: Place, trust: float, rng: random.Random) -> int:
+        """The resident's baseline level in the local curve, drifting a point now and then."""
+        weights = P.confidence_weights(place.income_decile)
+        target = trust * sum(weights)
         level, acc = 5, 0.0
         for i, w in enumerate(weights):
             acc += w
@@ -395,10 +418,10 @@ class SyntheticGenerator:
             level += 1 if rng.random() < 0.5 else -1
         return min(5, max(1, level))
 
-    def _priorities(self, r: _Resident, rng: random.Random) -> list[str]:
+    def _priorities(self, place: Place, rng: random.Random) -> list[str]:
         """Up to three distinct priorities, weighted draws without replacement."""
         names = P.PRIORITY_NAMES
-        weights = list(P.priority_weights(r.place.income_decile, r.place.la_code))
+        weights = list(P.priority_weights(place.income_decile, place.la_code))
         count = rng.choices(range(4), cum_weights=_PRIORITY_COUNT_CUM)[0]
         chosen: list[str] = []
         for _ in range(count):
@@ -417,22 +440,23 @@ class SyntheticGenerator:
         open_day = (wave.opens - self.config.start).days
         eligible = self.registered_by_day(open_day)
         window = WAVE_WINDOW_DAYS * 86400
+        survey_hash = _Hasher(self.seed, "survey", number)
         for index in range(eligible):
-            h = _h(self.seed, "survey", number, index)
-            rate = P.survey_response_rate(self.place_of(index).income_decile)
-            if (h >> 32) / _TWO32 >= rate:
+            h = survey_hash(index)
+            place = self.place_of(index)
+            if (h >> 32) / _TWO32 >= P.survey_response_rate(place.income_decile):
                 continue
             rng = random.Random(h)
-            r = self.resident(index)
+            rid = resident_id(self.seed, index)
             offset = int(window * (index + (h & 0xFFFFFFFF) / _TWO32) / eligible)
             at = _at(wave.opens, offset)
-            confidence = self._confidence(r, rng)
-            priorities = self._priorities(r, rng)
+            confidence = self._confidence(place, self.trust_of(index), rng)
+            priorities = self._priorities(place, rng)
             concern: EncryptedField | None = None
             if rng.random() < P.CONCERN_RATE:
                 topic = priorities[0] if priorities else rng.choice(sorted(P.CONCERNS))
                 texts = P.CONCERNS[topic]
-                key, key_id = synthetic_key(self.seed, r.rid)
+                key, key_id = synthetic_key(self.seed, rid)
                 concern = _seal(
                     key, key_id, f"concern\x1f{wave.label}", texts[rng.randrange(len(texts))]
                 )
@@ -440,14 +464,14 @@ class SyntheticGenerator:
             wants_contact = rng.random() < P.WANTS_CONTACT_RATE + contact_rate
             event = SurveyAnswered(
                 event_id=deterministic_id(
-                    SOURCE, str(self.seed), "survey.answered", r.rid, wave.label
+                    SOURCE, str(self.seed), "survey.answered", rid, wave.label
                 ),
                 occurred_at=at,
                 produced_at=at + timedelta(seconds=1),
                 source=SOURCE,
-                resident_id=r.rid,
+                resident_id=rid,
                 wave=wave.label,
-                location=r.place.location,
+                location=place.location,
                 confidence=confidence,
                 priorities=priorities,
                 concern=concern,
@@ -601,7 +625,11 @@ def encoded(
     config: SyntheticConfig, geography: Geography | None = None
 ) -> Iterator[tuple[str, bytes, bytes, Envelope]]:
     """(topic name without prefix, partition key, JSON bytes, event) for every event."""
-    for event in generate(config, geography):
+    return _encode(SyntheticGenerator(config, geography))
+
+
+def _encode(gen: SyntheticGenerator) -> Iterator[tuple[str, bytes, bytes, Envelope]]:
+    for event in gen.events():
         yield topic_for(event).name, event_key(event), encode(event), event
 
 
@@ -669,32 +697,41 @@ async def publish_synthetic(
     summary = Summary()
     started = wallclock.perf_counter()
     bar = _progress(gen.expected_events(), progress)
+    prefix = settings.topic_prefix
     producer = make_producer(settings)
     await producer.start()
+
+    async def send(chunk: dict[str, list[tuple[bytes | None, bytes]]], count: int) -> None:
+        await asyncio.gather(
+            *(publish_raw(producer, prefix + name, msgs) for name, msgs in chunk.items())
+        )
+        bar.update(count)
+
+    # One chunk in flight while the next is generated: the loop gets a turn every
+    # ``_YIELD_EVERY`` events so the client sends and collects acks meanwhile. Chunks go out
+    # one after another, so each partition keeps the generator's (event-time) order.
+    inflight: asyncio.Task[None] | None = None
     try:
         buffers: dict[str, list[tuple[bytes | None, bytes]]] = defaultdict(list)
         pending = 0
-
-        async def flush() -> None:
-            nonlocal pending
-            await asyncio.gather(
-                *(
-                    publish_raw(producer, settings.topic_prefix + name, messages)
-                    for name, messages in buffers.items()
-                )
-            )
-            bar.update(pending)
-            buffers.clear()
-            pending = 0
-
-        for name, key, value, event in encoded(config, gen.geo):
+        for name, key, value, event in _encode(gen):
             buffers[name].append((key, value))
             summary.count(event, name)
             pending += 1
+            if pending % _YIELD_EVERY == 0:
+                await asyncio.sleep(0)
             if pending >= PUBLISH_CHUNK:
-                await flush()
-        await flush()
+                if inflight is not None:
+                    await inflight
+                inflight = asyncio.create_task(send(buffers, pending))
+                buffers, pending = defaultdict(list), 0
+        if inflight is not None:
+            await inflight
+            inflight = None
+        await send(buffers, pending)
     finally:
+        if inflight is not None:
+            inflight.cancel()
         await producer.stop()
     summary.seconds = wallclock.perf_counter() - started
     _finish(bar)
