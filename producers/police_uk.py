@@ -30,11 +30,12 @@ from pathlib import Path
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 from tqdm import tqdm
 
 from lpt.geo import ForceArea
-from lpt.kafka import make_producer, publish_raw, topic_name
+from lpt.kafka import ensure_topics, make_producer, publish_raw, topic_name
 from lpt.logs import get_logger
 from lpt.settings import Settings, get_settings
 from producers.police_uk_rows import (
@@ -218,6 +219,7 @@ async def import_files(
     summary (``errors``) and the other files are still imported.
     """
     started = time.perf_counter()
+    await ensure_topics(settings)  # idempotent; spares a fresh deployment `lpt topics` first
     force_area = ForceArea.from_settings(settings)
     encoder = Encoder()
     topic = topic_name(CRIME, settings)
@@ -279,6 +281,14 @@ async def import_sample_if_needed(settings: Settings) -> ImportSummary | None:
 def cli(args: argparse.Namespace) -> int:
     """``lpt import police-uk FILE... [--no-progress]``; exit 1 if a file was not imported."""
     settings = get_settings()
-    summary = asyncio.run(import_files(args.files, settings, progress=not args.no_progress))
+    try:
+        summary = asyncio.run(import_files(args.files, settings, progress=not args.no_progress))
+    except (KafkaError, OSError, asyncpg.PostgresError) as exc:
+        print(
+            f"error: import stopped, Kafka ({settings.bootstrap_servers}) or PostgreSQL failed: "
+            f"{exc!r}. Rows published so far are in the ledger; run the import again.",
+            file=sys.stderr,
+        )
+        return 2
     print(summary.render())
     return 1 if summary.errors else 0
