@@ -59,6 +59,7 @@ from lpt.kafka import (  # noqa: E402
     topic_name,
     wait_for_kafka,
 )
+from lpt.logs import configure_logging  # noqa: E402
 from lpt.settings import Settings, get_settings  # noqa: E402
 from producers import police_uk  # noqa: E402
 from producers.police_uk_rows import encode_file  # noqa: E402
@@ -352,7 +353,7 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=100_000, help="CSV rows (at least)")
     parser.add_argument("--keep", action="store_true", help="keep the topics and database")
     args = parser.parse_args()
-    os.environ.setdefault("LPT_LOG_LEVEL", "warning")
+    configure_logging(level=os.environ.get("LPT_LOG_LEVEL", "warning"))
     asyncio.run(run(args.rows, args.keep))
     return 0
 

@@ -53,6 +53,9 @@ __all__ = ["ImportSummary", "cli", "import_files", "import_sample_if_needed"]
 
 #: Rows per round of ledger look-up, encode, publish and ledger insert.
 CHUNK_ROWS = 5_000
+#: Session advisory lock held while importing: two imports at once (``lpt up --import-sample``
+#: and a manual ``lpt import``) would both find the same ids unpublished and publish them twice.
+IMPORT_LOCK_ID = 0x4C505450
 
 log = get_logger(__name__)
 
@@ -228,6 +231,7 @@ async def import_files(
     ledger_conn = await asyncpg.connect(settings.dsn)
     producer = make_producer(settings, partitioner=MemoPartitioner())
     try:
+        await conn.execute("SELECT pg_advisory_lock($1)", IMPORT_LOCK_ID)  # released on close
         await producer.start()
         for path in paths:
             summary.files.append(
