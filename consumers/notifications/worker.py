@@ -154,7 +154,9 @@ class NotificationWorker:
         while not stop.is_set():
             batch = await self.consumer.getmany(timeout_ms=500)
             records = [r for rs in batch.values() for r in rs]
-            for record in sorted(records, key=lambda r: (r.topic, r.partition, r.offset)):
+            # Set-ups first: a request in the same batch may name a set-up created just before.
+            records.sort(key=lambda r: (self._specs[r.topic] is not SETUPS, r.topic, r.offset))
+            for record in records:
                 await self._with_outage_retry(self._process_guarded, record, stop)
             if records:
                 await self._with_outage_retry(self._commit, None, stop)
@@ -236,7 +238,7 @@ class NotificationWorker:
                 return
         elif isinstance(event, NotificationRequested):
             try:
-                summary = await self.dispatcher.handle(event)
+                summary = await self._handle_request(event)
             except AudienceError as exc:
                 await self._dead_letter(spec, record, str(exc), exc.field)
                 return
@@ -247,6 +249,35 @@ class NotificationWorker:
             return
         EVENTS_PROCESSED.labels(group=self.group, topic=spec.name).inc()
         PROCESSING_SECONDS.labels(group=self.group).observe(time.perf_counter() - started)
+
+    async def _handle_request(self, event: NotificationRequested) -> Summary:
+        assert self.dispatcher is not None
+        try:
+            return await self.dispatcher.handle(event)
+        except AudienceError as exc:
+            # Topics are not ordered with each other: the set-up may be waiting on its topic.
+            if exc.field != "audience.setup_id" or not await self._catch_up_setups():
+                raise
+            return await self.dispatcher.handle(event)
+
+    async def _catch_up_setups(self) -> bool:
+        """Apply every set-up event published so far; True if there were any to apply."""
+        assert self.consumer is not None and self.pool is not None
+        name = topic_name(SETUPS, self.settings)
+        partitions = [tp for tp in self.consumer.assignment() if tp.topic == name]
+        if not partitions:
+            return False
+        ends = await self.consumer.end_offsets(partitions)
+        applied = 0
+        while True:
+            behind = [tp for tp in partitions if await self.consumer.position(tp) < ends[tp]]
+            if not behind:
+                return applied > 0
+            batch = await self.consumer.getmany(*behind, timeout_ms=1000)
+            for records in batch.values():
+                for record in records:
+                    await self._process_guarded(record)
+                    applied += 1
 
     def _count(self, summary: Summary, topic: str) -> None:
         if summary.duplicate:
