@@ -39,6 +39,8 @@ class Envelope(BaseModel):
     #: Version of the payload shape; bump when a field changes meaning or becomes required.
     SCHEMA_VERSION: ClassVar[int] = 1
 
+    #: Narrowed to a literal by every event model; the discriminator of the union.
+    type: str
     event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
     schema_version: int = Field(default=1, ge=1)
     occurred_at: AwareDatetime

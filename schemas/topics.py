@@ -146,7 +146,7 @@ TOPIC_FOR_TYPE: dict[str, TopicSpec] = {
 
 
 def topic_for(event: Envelope) -> TopicSpec:
-    return TOPIC_FOR_TYPE[event.type]  # type: ignore[attr-defined]
+    return TOPIC_FOR_TYPE[event.type]
 
 
 def event_key(event: Envelope) -> bytes:
