@@ -1,4 +1,4 @@
-"""Ingest rates: the police.uk importer (and later the HTTP gateway) next to raw aiokafka.
+"""Ingest rates: the police.uk importer and the HTTP gateway next to raw aiokafka.
 
 Usage (Kafka and PostgreSQL from the environment, started locally if not running):
 
@@ -20,8 +20,7 @@ What it does, in one run so the figures are comparable:
    ratio shows what parsing, validation, encoding and the ledger cost on top of the client;
 4. prints a table and writes ``benchmarks/results/ingest_rates.json``.
 
-The HTTP gateway's measurement belongs in :func:`measure_gateway` (marked below), registered in
-``MEASUREMENTS``; the table and the JSON pick it up without other changes.
+The HTTP gateway is measured by :func:`measure_gateway` with the same events as JSON batches.
 """
 
 from __future__ import annotations
@@ -219,14 +218,30 @@ async def measure_raw_aiokafka(ctx: BenchContext) -> list[Measurement]:
     ]
 
 
-# ============================================================================ GATEWAY (TODO)
-# The HTTP ingest gateway (api/) is built by another part of issue 2. Its measurement goes
-# here: start the gateway against ``ctx.settings`` (its own topic prefix and database), POST
-# the benchmark's rows as JSON batches with a valid API key, wait until all are acknowledged
-# (202), and return Measurement("gateway: POST batches", accepted, seconds). Returning None
-# leaves the row out of the table and the JSON.
+# ============================================================================ GATEWAY
+# The HTTP ingest gateway (api/ingest.py) as a force crime system would use it: the same
+# events as JSON batches of 500 from 4 connections, the server in its own `lpt serve` process,
+# on a topic prefix of its own (so its idempotency ledger starts empty).
 async def measure_gateway(ctx: BenchContext) -> list[Measurement] | None:
-    return None
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from gateway_rate import measure_gateway_rate
+
+    drop = {"event_id", "produced_at", "source", "trace_id"}
+    events = [
+        {k: v for k, v in json.loads(value).items() if k not in drop} for _, value in ctx.messages
+    ]
+    prefix = f"{ctx.settings.topic_prefix}gateway."
+    settings = dataclasses.replace(ctx.settings, topic_prefix=prefix)
+    await ensure_topics(settings)
+    figures = await measure_gateway_rate(settings, events)
+    return [
+        Measurement(
+            "gateway: POST batches of 500 (4 conns)",
+            int(figures["accepted"]),
+            float(figures["seconds"]),
+            f"p50 {figures['latency_ms_p50']} ms/request; {figures['duplicates']} duplicates",
+        )
+    ]
 
 
 # ============================================================================ END GATEWAY
