@@ -156,6 +156,19 @@ class Settings:
     push_url: str = field(
         metadata={"env": "LPT_PUSH_URL", "doc": "Push provider endpoint (HTTP POST); empty = off"}
     )
+    tile_url: str = field(
+        metadata={
+            "env": "LPT_TILE_URL",
+            "doc": "Map tile URL template ({z}/{x}/{y}) for the officer map; empty = no tiles, "
+            "force and local-authority boundaries as the base layer",
+        }
+    )
+    cookie_secure: bool = field(
+        metadata={
+            "env": "LPT_COOKIE_SECURE",
+            "doc": "Officer session cookies only over https (set 0 for plain http on localhost)",
+        }
+    )
 
     @property
     def local_kafka(self) -> bool:
@@ -222,9 +235,12 @@ class Settings:
             public_url=_env("LPT_PUBLIC_URL", ""),
             smtp_url=_env("LPT_SMTP_URL", "smtp://127.0.0.1:1025"),
             mail_from=_env("LPT_MAIL_FROM", "Local Priority Targeting <no-reply@localhost>"),
-            smtp_connections=_env_int("LPT_SMTP_CONNECTIONS", 4),
+            smtp_connections=_env_int("LPT_SMTP_CONNECTIONS", 8),
             sms_url=_env("LPT_SMS_URL", ""),
             push_url=_env("LPT_PUSH_URL", ""),
+            tile_url=_env("LPT_TILE_URL", ""),
+            cookie_secure=_env("LPT_COOKIE_SECURE", "0" if demo else "1")
+            not in ("0", "false", "no"),
         )
 
     @classmethod

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 
 import asyncpg
@@ -150,6 +150,18 @@ def status_event(
     )
 
 
+@dataclass
+class _Prepared:
+    """One chunk on its way through the send pipeline."""
+
+    rows: list[outbox.PendingRow]
+    prepared_at: datetime
+    results: list[outbox.Result] = field(default_factory=list)
+    by_channel: dict[str, list[tuple[outbox.PendingRow, Outgoing]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+
+
 class Dispatcher:
     """Runs requests through the steps above; shared by the worker, the digest and tests."""
 
@@ -255,9 +267,37 @@ class Dispatcher:
     # -- sending ----------------------------------------------------------------------------
 
     async def send(self, rows: Sequence[outbox.PendingRow]) -> Summary:
+        """Send pending rows chunk by chunk, as a three-stage pipeline.
+
+        While chunk k is on the wire, chunk k+1 is prepared (identity re-read, reply tokens)
+        and chunk k-1's outcomes are written and published, so the SMTP connections never wait
+        for the database. The identity rows are read at most one chunk (a few seconds) before
+        the send, which is what "checked at send time" means here.
+        """
         summary = Summary()
-        for chunk in chunks(rows, self.chunk_rows):
-            summary += await self._send_chunk(chunk)
+        parts = list(chunks(rows, self.chunk_rows))
+        if not parts:
+            return summary
+        next_prep: asyncio.Task[_Prepared] | None = asyncio.create_task(self._prepare(parts[0]))
+        recording: asyncio.Task[Summary] | None = None
+        try:
+            for i in range(len(parts)):
+                assert next_prep is not None
+                prepared = await next_prep
+                next_prep = None
+                if i + 1 < len(parts):
+                    next_prep = asyncio.create_task(self._prepare(parts[i + 1]))
+                await self._deliver(prepared)
+                if recording is not None:
+                    summary += await recording
+                recording = asyncio.create_task(self._record(prepared))
+            if recording is not None:
+                summary += await recording
+                recording = None
+        finally:
+            for task in (next_prep, recording):
+                if task is not None and not task.done():
+                    task.cancel()
         return summary
 
     async def _template(self, message_id: str) -> tuple[MessageTemplate, bool] | None:
@@ -276,43 +316,52 @@ class Dispatcher:
             self._templates.popitem(last=False)
         return entry
 
-    async def _send_chunk(self, rows: list[outbox.PendingRow]) -> Summary:
+    async def _prepare(self, rows: list[outbox.PendingRow]) -> _Prepared:
+        """Re-read the residents (opt-out, erasure, current address) and build the messages."""
         now = self.clock()
         residents = sorted({r.resident_id for r in rows})
         people = await outbox.contacts(self.pool, residents)
-        results: list[outbox.Result] = []
+        prepared = _Prepared(rows, now)
         ready: list[tuple[outbox.PendingRow, str]] = []
         for r in rows:
             person = people.get(r.resident_id)
             if person is None or person.opted_out:
                 why = "erased" if person is None else "opted out"
-                results.append(self._result(r, "suppressed_opted_out", 0, why))
+                prepared.results.append(self._result(r, "suppressed_opted_out", 0, why))
                 continue
             address = {"email": person.email, "sms": person.phone, "push": r.resident_id}.get(
                 r.channel
             )
             if not address:
-                results.append(self._result(r, "failed", 0, f"no {r.channel} address"))
+                prepared.results.append(self._result(r, "failed", 0, f"no {r.channel} address"))
             elif r.channel not in self.channels:
-                results.append(self._result(r, "failed", 0, f"{r.channel} is not configured"))
+                prepared.results.append(
+                    self._result(r, "failed", 0, f"{r.channel} is not configured")
+                )
             else:
                 ready.append((r, address))
-
         items = await self._outgoing(ready, people, now)
-        by_channel: dict[str, list[tuple[outbox.PendingRow, Outgoing]]] = defaultdict(list)
         for (r, _), item in zip(ready, items, strict=True):
             if item is None:
-                results.append(self._result(r, "failed", 0, "message no longer exists"))
+                prepared.results.append(self._result(r, "failed", 0, "message no longer exists"))
             else:
-                by_channel[r.channel].append((r, item))
-        names = list(by_channel)
-        outcomes = await asyncio.gather(
-            *(self.channels[n].send_many([it for _, it in by_channel[n]]) for n in names)
-        )
-        for name, channel_outcomes in zip(names, outcomes, strict=True):
-            for (r, _), outcome in zip(by_channel[name], channel_outcomes, strict=True):
-                results.append(self._from_outcome(r, outcome, now))
+                prepared.by_channel[r.channel].append((r, item))
+        return prepared
 
+    async def _deliver(self, prepared: _Prepared) -> None:
+        """Hand each channel its messages (channels run side by side); collect the outcomes."""
+        names = list(prepared.by_channel)
+        outcomes = await asyncio.gather(
+            *(self.channels[n].send_many([it for _, it in prepared.by_channel[n]]) for n in names)
+        )
+        now = self.clock()
+        for name, channel_outcomes in zip(names, outcomes, strict=True):
+            for (r, _), outcome in zip(prepared.by_channel[name], channel_outcomes, strict=True):
+                prepared.results.append(self._from_outcome(r, outcome, now))
+
+    async def _record(self, prepared: _Prepared) -> Summary:
+        """Write a chunk's outcomes (one statement), give back unused budget, publish them."""
+        rows, results, now = prepared.rows, prepared.results, self.clock()
         async with self.pool.acquire() as conn, conn.transaction():
             await outbox.record_results(conn, results, now)
             await outbox.refund(conn, _unreached(rows, results))
