@@ -76,3 +76,64 @@ IMPORT_ROWS = Counter(
     ["source", "outcome"],
     registry=REGISTRY,
 )
+
+# -- Operations (api/ops, lpt/metrics_server): computed by the web service on each scrape ------
+
+TOPIC_OFFSET = Gauge(
+    "kafka_topic_partition_current_offset",
+    "End offset of each partition (rate() of it is the produce rate)",
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
+CONSUMER_OFFSET = Gauge(
+    "kafka_consumergroup_current_offset",
+    "Committed offset of each group on each partition (rate() of it is the consume rate)",
+    ["consumergroup", "topic", "partition"],
+    registry=REGISTRY,
+)
+DEAD_LETTER_MESSAGES = Gauge(
+    "lpt_dead_letter_messages",
+    "Messages held on each dead-letter topic (catalogue name of the original topic)",
+    ["topic"],
+    registry=REGISTRY,
+)
+DEAD_LETTER_REPLAYS = Counter(
+    "lpt_dead_letter_replays_total",
+    "Dead letters re-published to their original topic from the ops page",
+    ["topic"],
+    registry=REGISTRY,
+)
+KAFKA_UP = Gauge(
+    "lpt_kafka_up",
+    "1 when the last lag collection reached Kafka, 0 when it failed",
+    registry=REGISTRY,
+)
+WORKER_UP = Gauge(
+    "lpt_worker_up",
+    "1 when a registered worker's heartbeat is fresh and its /metrics answered",
+    ["worker", "kind"],
+    registry=REGISTRY,
+)
+WORKER_HEARTBEAT_AGE = Gauge(
+    "lpt_worker_heartbeat_age_seconds",
+    "Seconds since each registered worker's last heartbeat",
+    ["worker", "kind"],
+    registry=REGISTRY,
+)
+
+
+def metric_names() -> set[str]:
+    """Every sample name a scrape of the catalogue can contain (``_total``, ``_bucket``...).
+
+    Dashboards and alert rules are checked against this set (tests/test_compose.py), so a
+    renamed metric breaks a test rather than a panel.
+    """
+    names: set[str] = set()
+    for family in REGISTRY.collect():
+        if family.type == "counter":
+            names.update(family.name + s for s in ("_total", "_created"))
+        elif family.type == "histogram":
+            names.update(family.name + s for s in ("_bucket", "_sum", "_count", "_created"))
+        else:
+            names.add(family.name)
+    return names
