@@ -156,6 +156,21 @@ class Settings:
     push_url: str = field(
         metadata={"env": "LPT_PUSH_URL", "doc": "Push provider endpoint (HTTP POST); empty = off"}
     )
+    metrics_host: str = field(
+        metadata={"env": "LPT_METRICS_HOST", "doc": "Bind address of each worker's /metrics"}
+    )
+    metrics_port: int = field(
+        metadata={
+            "env": "LPT_METRICS_PORT",
+            "doc": "Port of each worker's /metrics; 0 = any free port",
+        }
+    )
+    ops_token: str = field(
+        metadata={
+            "env": "LPT_OPS_TOKEN",
+            "doc": "Bearer token for the ops page and replay API; empty = admin login only",
+        }
+    )
     tile_url: str = field(
         metadata={
             "env": "LPT_TILE_URL",
@@ -241,6 +256,9 @@ class Settings:
             tile_url=_env("LPT_TILE_URL", ""),
             cookie_secure=_env("LPT_COOKIE_SECURE", "0" if demo else "1")
             not in ("0", "false", "no"),
+            metrics_host=_env("LPT_METRICS_HOST", "127.0.0.1"),
+            metrics_port=_env_int("LPT_METRICS_PORT", 0),
+            ops_token=_env("LPT_OPS_TOKEN", ""),
         )
 
     @classmethod
