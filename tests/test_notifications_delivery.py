@@ -279,3 +279,55 @@ async def test_sms_through_http_provider_with_retry_and_one_budget_unit(env: Env
     # Same reply link in both channels (one token per message and resident), one budget unit.
     assert await env.pool.fetchval("SELECT count(*) FROM reply_tokens") == 1
     assert await env.pool.fetchval("SELECT count(*) FROM notification_budget_ledger") == 1
+
+
+async def test_residents_preferences_channels_topics_frequency_and_quiet_hours(env: Env) -> None:
+    from datetime import time
+
+    from consumers.notifications.preferences import PreferenceError, set_preferences
+
+    sms_only, no_surveys, three_a_week, night_owl = await add_people(
+        env.pool, env.settings, hull(4), channels=("email", "sms")
+    )
+    await set_preferences(env.pool, sms_only.resident_id, channels=["sms"])
+    await set_preferences(env.pool, no_surveys.resident_id, topics=["you_said_we_did"],
+                          channels=["email"])  # fmt: skip
+    await set_preferences(env.pool, three_a_week.resident_id, max_per_week=3, channels=["email"])
+    await set_preferences(
+        env.pool, night_owl.resident_id, quiet_hours=(time(2, 0), time(6, 0)), channels=["email"]
+    )
+    for bad, field in (
+        ({"channels": ["fax"]}, "channels"),
+        ({"max_per_week": 8}, "max_per_week"),
+        ({"timezone": "Mars/Olympus"}, "timezone"),
+        ({"topics": ["gossip"]}, "topics"),
+    ):
+        try:
+            await set_preferences(env.pool, night_owl.resident_id, **bad)  # type: ignore[arg-type]
+        except PreferenceError as exc:
+            assert exc.field == field
+        else:
+            raise AssertionError(f"{bad} accepted")
+
+    env.clock.now = datetime(2026, 3, 10, 22, 0, tzinfo=UTC)  # quiet for all but the night owl
+    survey = request("n-survey", Audience(cells=[HULL]), kind="survey_invitation")
+    summary = await env.dispatcher.handle(survey)
+    # sms_only: SMS is not configured in this test, so the row fails; no e-mail is sent to them.
+    rows = await env.pool.fetch(
+        "SELECT resident_id, channel, status FROM notification_outbox WHERE message_id = 'n-survey'"
+    )
+    got = {(r["resident_id"], r["channel"]): r["status"] for r in rows}
+    assert got == {
+        (sms_only.resident_id, "sms"): "scheduled",
+        (three_a_week.resident_id, "email"): "scheduled",
+        (night_owl.resident_id, "email"): "sent",
+    }  # no_surveys turned survey invitations off
+    assert summary.sent == 1 and len(env.smtp.inbox.to(night_owl.email)) == 1
+
+    env.clock.now = datetime(2026, 3, 11, 9, 0, tzinfo=UTC)
+    await env.dispatcher.release_due()
+    second = await env.dispatcher.handle(request("n-next", Audience(cells=[HULL])))
+    # no_surveys and three_a_week have room; the night owl is held; sms_only got nothing on
+    # the unconfigured channel this morning, so the unit was given back and it fails again.
+    assert (second.sent, second.held, second.failed) == (2, 1, 1)
+    assert len(env.smtp.inbox.to(three_a_week.email)) == 2

@@ -59,7 +59,23 @@ def new_digest_id() -> str:
 async def run_digests(dispatcher: Dispatcher, limit: int = 20_000) -> Summary:
     """Start the digests that are due now and send them; returns what was sent."""
     now = dispatcher.clock()
-    async with dispatcher.pool.acquire() as conn, conn.transaction():
+    for attempt in range(3):
+        try:
+            digest_ids = await _start_digests(dispatcher.pool, now, limit)
+            break
+        except asyncpg.ForeignKeyViolationError:
+            if attempt == 2:  # a resident erased mid-way: nothing recorded, start again
+                raise
+    if digest_ids:
+        log.info("notify.digests_started", digests=len(digest_ids))
+    pending = await outbox.pending_rows_many(dispatcher.pool, digest_ids)
+    return await dispatcher.send(pending)
+
+
+async def _start_digests(pool: asyncpg.Pool, now: datetime, limit: int) -> list[str]:
+    """Under the budget lock: pick due residents, attach their held messages to a new digest,
+    charge one budget unit each and create the digest's outbox rows. Returns the digest ids."""
+    async with pool.acquire() as conn, conn.transaction():
         await outbox.lock_budget(conn)
         waiting = await conn.fetch(_WAITING_SQL, now - WINDOW, limit)
         due = [
@@ -102,10 +118,7 @@ async def run_digests(dispatcher: Dispatcher, limit: int = 20_000) -> Summary:
                 for ch in channels_from_row(r)
             ]
             await outbox.insert_rows(conn, rows, now)
-    if ids:
-        log.info("notify.digests_started", digests=len(ids))
-    pending = await outbox.pending_rows_many(dispatcher.pool, sorted(ids.values()))
-    return await dispatcher.send(pending)
+    return sorted(ids.values())
 
 
 async def build_digest_templates(

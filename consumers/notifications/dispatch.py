@@ -212,21 +212,18 @@ class Dispatcher:
         """Deliver one request. :class:`~.audience.AudienceError` leaves nothing recorded."""
         now = self.clock()
         summary = Summary()
-        async with self.pool.acquire() as conn, conn.transaction():
-            state = await outbox.record_request(conn, req, now)
-            if state.completed:
-                return Summary(duplicate=True)
-            criteria = await criteria_for(conn, req.audience)
-            await outbox.lock_budget(conn)
-            recipients = await resolve(conn, criteria, req.notification_id, now)
-            p = plan(req, recipients, now)
-            await outbox.insert_rows(conn, p.rows, now)
-            await outbox.charge(conn, req.notification_id, p.charged, now)
-            await outbox.hold(conn, req.notification_id, p.held, now)
-            if req.urgent:
-                await outbox.log_urgent(
-                    conn, req, len(recipients), p.over_budget, p.in_quiet_hours, now
-                )
+        for attempt in range(3):
+            try:
+                made = await self._decide(req, now)
+                break
+            except asyncpg.ForeignKeyViolationError:
+                # A resident was erased between the audience query and the budget charge:
+                # nothing was recorded; deciding again leaves them out.
+                if attempt == 2:
+                    raise
+        if made is None:
+            return Summary(duplicate=True)
+        recipients, p = made
         summary.audience = len(recipients)
         decided = [r for r in p.rows if r.status in ("held_for_digest", "suppressed_opted_out")]
         summary.held = sum(r.status == "held_for_digest" for r in p.rows)
@@ -258,6 +255,27 @@ class Dispatcher:
             suppressed=summary.suppressed,
         )
         return summary
+
+    async def _decide(
+        self, req: NotificationRequested, now: datetime
+    ) -> tuple[list[Recipient], Plan] | None:
+        """Step 1 in one transaction; None when the request was already completed."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            state = await outbox.record_request(conn, req, now)
+            if state.completed:
+                return None
+            criteria = await criteria_for(conn, req.audience)
+            await outbox.lock_budget(conn)
+            recipients = await resolve(conn, criteria, req.notification_id, now)
+            p = plan(req, recipients, now)
+            await outbox.insert_rows(conn, p.rows, now)
+            await outbox.charge(conn, req.notification_id, p.charged, now)
+            await outbox.hold(conn, req.notification_id, p.held, now)
+            if req.urgent:
+                await outbox.log_urgent(
+                    conn, req, len(recipients), p.over_budget, p.in_quiet_hours, now
+                )
+        return recipients, p
 
     async def release_due(self, limit: int = 20_000) -> Summary:
         """Send scheduled rows whose time has come (morning after quiet hours, retries)."""

@@ -98,12 +98,14 @@ CREATE TABLE notification_urgent_log (
 );
 
 -- Reply tokens: single-use, expiring, unguessable (secrets.token_urlsafe(32)); only the
--- SHA-256 of the token is stored, so a copy of this table cannot be used to reply.
+-- SHA-256 of the token is stored, so a copy of this table cannot be used to reply. No foreign
+-- key: tokens are issued while sending, when a resident may be erased at any instant; a token
+-- of an erased resident cannot be used (the reply would have no key to be sealed with).
 CREATE TABLE reply_tokens (
     token_hash       bytea PRIMARY KEY CHECK (length(token_hash) = 32),
     message_id       text NOT NULL,
     notification_id  text NOT NULL,
-    resident_id      text NOT NULL REFERENCES identity_people(resident_id) ON DELETE CASCADE,
+    resident_id      text NOT NULL,
     area_cell        text NULL,   -- resolution-9 cell of the resident's street
     ward_code        text NULL,
     created_at       timestamptz NOT NULL,
