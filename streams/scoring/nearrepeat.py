@@ -1,0 +1,60 @@
+"""Near-repeat burglary risk: a burglary raises its res-9 cell and the k=1 ring for 8 weeks.
+
+Weight at time T of one burglary at time t in ring r (0 = its own cell):
+``1/(1+r) * 1/(1+weeks)`` with ``weeks = floor((T - t) / 7 days)``, for ``0 <= weeks < 8``.
+Not exponential, so each cell keeps its few recent burglaries as ``[t, ring, count]`` entries
+and prunes those older than the window.
+"""
+
+from __future__ import annotations
+
+import math
+
+import h3
+
+from streams.scoring.config import NEAR_REPEAT_RING, NEAR_REPEAT_WEEKS, WEEK
+
+Entry = list[float]  # [t, ring, count]
+
+
+def ring_cells(cell: str) -> list[tuple[str, int]]:
+    """(cell, ring) for the burglary's own cell (ring 0) and its k=1 neighbours."""
+    out = [(cell, 0)]
+    for ring in range(1, NEAR_REPEAT_RING + 1):
+        out.extend((str(c), ring) for c in sorted(h3.grid_ring(cell, ring)))
+    return out
+
+
+def weight(ring: int, age_seconds: float) -> float:
+    """Contribution of one burglary ``age_seconds`` before the evaluation time."""
+    weeks = math.floor(max(age_seconds, 0.0) / WEEK)
+    if weeks >= NEAR_REPEAT_WEEKS:
+        return 0.0
+    return 1.0 / (1 + ring) / (1 + weeks)
+
+
+def add(entries: list[Entry], t: float, ring: int, sign: int) -> None:
+    """Record (or retract, sign -1) one burglary in place; entries stay sorted by (t, ring)."""
+    for e in entries:
+        if e[0] == t and e[1] == ring:
+            e[2] += sign
+            if e[2] <= 0:
+                entries.remove(e)
+            return
+    if sign > 0:
+        entries.append([t, float(ring), 1.0])
+        entries.sort()
+
+
+def prune(entries: list[Entry], newest: float) -> None:
+    """Drop entries that can no longer count at any time at or after ``newest``."""
+    horizon = newest - NEAR_REPEAT_WEEKS * WEEK
+    entries[:] = [e for e in entries if e[0] > horizon]
+
+
+def value_at(entries: list[Entry], t: float) -> float:
+    return sum(weight(int(ring), t - bt) * n for bt, ring, n in entries)
+
+
+def newest_burglary(entries: list[Entry]) -> float | None:
+    return max((e[0] for e in entries), default=None)
