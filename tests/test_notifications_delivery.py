@@ -331,3 +331,28 @@ async def test_residents_preferences_channels_topics_frequency_and_quiet_hours(e
     # the unconfigured channel this morning, so the unit was given back and it fails again.
     assert (second.sent, second.held, second.failed) == (2, 1, 1)
     assert len(env.smtp.inbox.to(three_a_week.email)) == 2
+
+
+async def test_rows_left_pending_by_a_stopped_worker_are_sent_later(env: Env) -> None:
+    [jo] = await add_people(env.pool, env.settings, hull(1))
+    req = request("n-stuck", Audience(cells=[HULL]))
+    # As if a worker decided, then died before sending (and the request was committed).
+    await env.pool.execute(
+        """INSERT INTO notification_requests (notification_id, event_id, kind, urgent, sender,
+               subject, body, allow_reply, audience, requested_at, completed_at)
+           VALUES ($1, $2, $3, false, 's', $4, $5, true, '{}', $6, $6)""",
+        req.notification_id, req.event_id, req.kind, req.subject, req.body, env.clock(),
+    )  # fmt: skip
+    await env.pool.execute(
+        """INSERT INTO notification_outbox (message_id, resident_id, channel, status, updated_at)
+           VALUES ('n-stuck', $1, 'email', 'pending', $2)""",
+        jo.resident_id,
+        env.clock(),
+    )
+    env.clock.advance(timedelta(minutes=5))
+    assert (await env.dispatcher.release_due()).sent == 0  # may still be in flight
+    env.clock.advance(timedelta(minutes=11))
+    assert (await env.dispatcher.release_due()).sent == 1
+    assert (await env.dispatcher.release_due()).sent == 0
+    [mail] = env.smtp.inbox.to(jo.email)
+    assert REPLY_RE.search(mail.get_content())

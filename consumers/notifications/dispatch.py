@@ -10,8 +10,9 @@ Order matters for the guarantees:
    takes effect at once, DESIGN §6), and addresses are never copied out of the identity store.
 3. Each chunk's outcomes are written in one statement and published as ``NotificationSent``.
 
-Held messages (budget used) and suppressed ones are reported when decided; scheduled ones
-(quiet hours, or a retry after a mail server outage) when they are finally sent.
+Held messages (budget used) and suppressed ones are reported when decided, messages scheduled
+for the morning when they are sent, and messages that failed only for now (mail server down)
+as ``retrying``, with a later round scheduled (:data:`RETRY_ROUNDS`).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import asyncpg
 
@@ -27,6 +27,8 @@ from schemas.notifications import NotificationRequested
 
 #: pg_advisory_xact_lock key serialising budget decisions across workers ("LPTB").
 BUDGET_LOCK = 0x4C505442
+#: A pending row untouched this long was left by a worker that stopped: send it again.
+STALE_PENDING = timedelta(minutes=15)
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,20 +291,24 @@ async def pending_rows_many(
 async def claim_due(
     conn: asyncpg.Connection | asyncpg.Pool, now: datetime, limit: int
 ) -> list[PendingRow]:
-    """Scheduled rows whose time has come (quiet hours over, retry due), claimed as pending.
+    """Rows to send now, claimed: scheduled rows whose time has come (quiet hours over, retry
+    due), and pending rows left behind by a worker that stopped mid-send (untouched for
+    :data:`STALE_PENDING`; a live worker records a chunk within seconds).
 
     ``SKIP LOCKED``: several workers can release at once without taking the same rows.
     """
     rows = await conn.fetch(
         f"""UPDATE notification_outbox o SET status = 'pending', updated_at = $1
             FROM (SELECT message_id, resident_id, channel FROM notification_outbox
-                  WHERE status = 'scheduled' AND scheduled_for <= $1
-                  ORDER BY scheduled_for LIMIT $2 FOR UPDATE SKIP LOCKED) due
+                  WHERE (status = 'scheduled' AND scheduled_for <= $1)
+                     OR (status = 'pending' AND updated_at < $3)
+                  ORDER BY scheduled_for NULLS FIRST LIMIT $2 FOR UPDATE SKIP LOCKED) due
             WHERE o.message_id = due.message_id AND o.resident_id = due.resident_id
               AND o.channel = due.channel
             RETURNING {", ".join("o." + c.strip() for c in _PENDING_COLUMNS.split(","))}""",
         now,
         limit,
+        now - STALE_PENDING,
     )
     return sorted(_pending(rows), key=lambda r: (r.message_id, r.resident_id, r.channel))
 

@@ -47,7 +47,7 @@ CREATE TABLE notification_outbox (
 );
 CREATE INDEX notification_outbox_due ON notification_outbox (scheduled_for)
     WHERE status = 'scheduled';
-CREATE INDEX notification_outbox_pending ON notification_outbox (message_id)
+CREATE INDEX notification_outbox_pending ON notification_outbox (updated_at)
     WHERE status = 'pending';
 CREATE INDEX notification_outbox_resident ON notification_outbox (resident_id);
 
