@@ -356,3 +356,17 @@ async def test_rows_left_pending_by_a_stopped_worker_are_sent_later(env: Env) ->
     assert (await env.dispatcher.release_due()).sent == 0
     [mail] = env.smtp.inbox.to(jo.email)
     assert REPLY_RE.search(mail.get_content())
+
+
+async def test_one_deferred_mailbox_does_not_hold_up_the_others(env: Env) -> None:
+    busy, *others = await add_people(env.pool, env.settings, hull(4))
+    env.smtp.inbox.busy.add(busy.email)
+    summary = await env.dispatcher.handle(request("n-busy", Audience(cells=[HULL])))
+    # A per-recipient 4xx is retried later for that recipient only (no circuit opened).
+    assert summary.sent == 3 and summary.retrying == 1
+    for person in others:
+        assert len(env.smtp.inbox.to(person.email)) == 1
+    row = await env.pool.fetchrow(
+        "SELECT status, detail FROM notification_outbox WHERE resident_id = $1", busy.resident_id
+    )
+    assert row["status"] == "scheduled" and row["detail"] == "mail server deferred (450)"

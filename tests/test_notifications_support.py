@@ -56,8 +56,18 @@ class SmtpInbox:
     """aiosmtpd handler keeping every message; ``refuse_first`` answers 451 that many times."""
 
     refuse_first: int = 0
+    #: Recipients whose mailbox is "busy": 450 at RCPT, every time.
+    busy: set[str] = field(default_factory=set)
     messages: list[tuple[str, list[str], bytes]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        if address in self.busy:
+            return "450 4.2.1 mailbox busy"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         with self.lock:

@@ -31,6 +31,7 @@ from consumers.notifications.retry import (
     Outcome,
     PermanentFailure,
     TransientFailure,
+    Unreachable,
     with_retries,
 )
 from lpt.logs import get_logger
@@ -160,7 +161,7 @@ class SmtpChannel:
         try:
             await client.connect()
         except (aiosmtplib.SMTPException, OSError) as exc:
-            raise TransientFailure(f"cannot connect to the mail server: {exc}") from exc
+            raise Unreachable(f"cannot connect to the mail server: {exc}") from exc
         self._clients[slot] = client
         return client
 
@@ -172,7 +173,7 @@ class SmtpChannel:
         of the CPU of a large send); the addresses were already checked by :func:`safe_address`.
         """
         if self._circuit.is_open():
-            raise TransientFailure("mail server unavailable")
+            raise Unreachable("mail server unavailable")
         try:
             data = item.template.render_email(
                 item.address, item.resident_id, item.unsubscribe_url, item.reply_url
@@ -198,7 +199,7 @@ class SmtpChannel:
         except (aiosmtplib.SMTPException, OSError) as exc:
             self._clients[slot] = None
             client.close()
-            raise TransientFailure(f"connection lost: {type(exc).__name__}") from exc
+            raise Unreachable(f"connection lost: {type(exc).__name__}") from exc
 
     async def send_many(self, batch: Sequence[Outgoing]) -> list[Outcome]:
         results: list[Outcome | None] = [None] * len(batch)
@@ -214,7 +215,7 @@ class SmtpChannel:
                     results[i] = Outcome(False, 0, "mail server unavailable", transient=True)
                     continue
                 outcome = await with_retries(partial(self._send_one, slot, item), self.backoff)
-                if outcome.transient and not self._circuit.is_open():
+                if outcome.unreachable and not self._circuit.is_open():
                     self._circuit.trip()
                     log.warning("notify.smtp_circuit_open", detail=outcome.detail)
                 results[i] = outcome
@@ -276,7 +277,7 @@ class HttpProviderChannel:
 
     async def _post(self, item: Outgoing) -> None:
         if self._circuit.is_open():
-            raise TransientFailure(f"{self.name} provider unavailable")
+            raise Unreachable(f"{self.name} provider unavailable")
         assert self._session is not None, "start() the channel first"
         key = f"{item.message_id}:{item.resident_id}:{self.name}"
         try:
@@ -285,12 +286,12 @@ class HttpProviderChannel:
             ) as resp:
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise TransientFailure(
-                f"{self.name} provider unreachable: {type(exc).__name__}"
-            ) from exc
+            raise Unreachable(f"{self.name} provider unreachable: {type(exc).__name__}") from exc
         if 200 <= status < 300:
             return
-        if status in (408, 429) or status >= 500:
+        if status == 429 or status >= 500:
+            raise Unreachable(f"{self.name} provider answered {status}")
+        if status == 408:
             raise TransientFailure(f"{self.name} provider answered {status}")
         raise PermanentFailure(f"{self.name} provider refused ({status})")
 
@@ -302,7 +303,7 @@ class HttpProviderChannel:
                 if self._circuit.is_open():
                     return Outcome(False, 0, f"{self.name} provider unavailable", transient=True)
                 outcome = await with_retries(partial(self._post, item), self.backoff)
-                if outcome.transient:
+                if outcome.unreachable:
                     self._circuit.trip()
                 return outcome
 
@@ -310,9 +311,12 @@ class HttpProviderChannel:
 
 
 def _refused(code: int, what: str) -> NoReturn:
-    """5xx: permanent (the same message would be refused again); anything else: try later."""
+    """5xx: permanent (the same message would be refused again); 421: the server is going
+    away; other 4xx: this message later."""
     if code >= 500:
         raise PermanentFailure(f"mail server {what} ({code})")
+    if code == 421:
+        raise Unreachable("mail server closing the connection (421)")
     raise TransientFailure(f"mail server deferred ({code})")
 
 

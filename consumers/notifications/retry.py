@@ -20,7 +20,12 @@ class PermanentFailure(Exception):
 
 
 class TransientFailure(Exception):
-    """Worth retrying (connection lost, SMTP 4xx, HTTP 429/5xx)."""
+    """Worth retrying (SMTP 4xx for one recipient, HTTP 408)."""
+
+
+class Unreachable(TransientFailure):
+    """The server itself is down or overloaded (no connection, SMTP 421, HTTP 429/5xx): worth
+    retrying later, and a reason to stop trying the other messages for a while."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,8 @@ class Outcome:
     detail: str | None = None
     #: Failed, but only for now (server down, attempts used up): worth another round later.
     transient: bool = False
+    #: The last failure was the server being unreachable (trips the channel's circuit).
+    unreachable: bool = False
 
 
 async def with_retries(
@@ -56,6 +63,7 @@ async def with_retries(
     exception is treated as transient (a network library's own error types vary).
     """
     last = "no attempt made"
+    unreachable = False
     for n in range(1, backoff.attempts + 1):
         if n > 1:
             await asyncio.sleep(backoff.delay(n))
@@ -67,6 +75,7 @@ async def with_retries(
         except Exception as exc:  # classified as transient, retried, reported
             # Our own messages are safe to keep; a library's may quote an address: name only.
             last = str(exc)[:300] if isinstance(exc, TransientFailure) else type(exc).__name__
+            unreachable = isinstance(exc, Unreachable)
             if on_retry is not None and n < backoff.attempts:
                 await on_retry(n, exc)
-    return Outcome(False, backoff.attempts, last, transient=True)
+    return Outcome(False, backoff.attempts, last, transient=True, unreachable=unreachable)
