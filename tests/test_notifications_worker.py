@@ -39,8 +39,9 @@ from consumers.notifications.worker import NotificationWorker
 from lpt.kafka import dead_letter_topic_name, make_producer, topic_name
 from schemas.notifications import Audience
 from schemas.registry import encode
+from schemas.residents import ResidentUpdated
 from schemas.setups import SetupCreated
-from schemas.topics import NOTIFICATIONS_REQUESTED
+from schemas.topics import NOTIFICATIONS_REQUESTED, RESIDENTS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -90,6 +91,17 @@ async def test_worker_sends_dead_letters_bad_requests_and_never_sends_twice(env:
         ends_on=date(2026, 4, 1), created_by="sgt-1",
     )  # fmt: skip
     await publish_requests(env.settings, [setup])
+    # Preference changes arrive on the residents topic (an impossible one is dead-lettered).
+    await publish_requests(
+        env.settings,
+        [
+            ResidentUpdated(occurred_at=NOON, source="public-web",
+                            resident_id=hull[0].resident_id, max_per_week=3,
+                            quiet_hours=(22, 7)),
+            ResidentUpdated(occurred_at=NOON, source="public-web",
+                            resident_id=hull[1].resident_id, quiet_hours=(25, 7)),
+        ],
+    )  # fmt: skip
     # The same request delivered twice, and re-published under a new event id.
     await publish_requests(
         env.settings, [good, good, good.model_copy(update={"event_id": uuid.uuid4()})]
@@ -98,7 +110,7 @@ async def test_worker_sends_dead_letters_bad_requests_and_never_sends_twice(env:
     await publish_requests(env.settings, [request("n-setup", Audience(setup_id="su-bev"))])
 
     worker = await run_until_idle(env)
-    assert worker.stats.dead_letters == 4
+    assert worker.stats.dead_letters == 5
     assert worker.stats.duplicates == 2
     assert worker.stats.requests == 2 and worker.stats.setups == 1
     for person in hull + bev:
@@ -117,6 +129,14 @@ async def test_worker_sends_dead_letters_bad_requests_and_never_sends_twice(env:
     assert "Extra inputs are not permitted" in reasons[1]
     assert "'zzz' is not an H3 cell" in reasons[2] and "unknown set-up" in reasons[3]
     assert dead[0].value == b"{not json"  # the original bytes, for replay after a fix
+    [bad_prefs] = await read_topic(
+        env.settings, RESIDENTS, dead_letter_topic_name(RESIDENTS, env.settings)
+    )
+    assert dict(bad_prefs.headers)["dlq.field"] == b"quiet_hours"
+    prefs = await env.pool.fetchrow(
+        "SELECT max_per_week, quiet_start, quiet_end FROM notification_preferences"
+    )
+    assert (prefs["max_per_week"], prefs["quiet_start"].hour, prefs["quiet_end"].hour) == (3, 22, 7)
     assert {h["dlq.topic"].decode() for h in headers} == {
         topic_name(NOTIFICATIONS_REQUESTED, env.settings)
     }

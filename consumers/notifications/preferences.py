@@ -18,6 +18,7 @@ import asyncpg
 from consumers.notifications.budget import DEFAULT_PREFERENCES, Preferences
 from schemas.common import Channel
 from schemas.notifications import NotificationRequested
+from schemas.residents import ResidentUpdated
 
 CHANNELS: tuple[str, ...] = Channel.__args__  # type: ignore[attr-defined]
 
@@ -104,3 +105,31 @@ async def get_preferences(conn: asyncpg.Connection | asyncpg.Pool, resident_id: 
     if row is None:
         return DEFAULT_PREFERENCES
     return Preferences(row["quiet_start"], row["quiet_end"], row["timezone"], row["max_per_week"])
+
+
+async def apply_resident_update(
+    conn: asyncpg.Connection | asyncpg.Pool, event: ResidentUpdated
+) -> bool:
+    """Apply the preference part of a ``resident.updated`` event (quiet hours are whole hours
+    there). False when the resident no longer exists (erased) or nothing relevant changed."""
+    if event.channels is None and event.quiet_hours is None and event.max_per_week is None:
+        return False
+    quiet = None
+    if event.quiet_hours is not None:
+        start, end = event.quiet_hours
+        if not (0 <= start <= 23 and 0 <= end <= 23):
+            raise PreferenceError("hours between 0 and 23", "quiet_hours")
+        quiet = (time(start, 0), time(end, 0))
+    try:
+        await set_preferences(
+            conn,
+            event.resident_id,
+            channels=event.channels,
+            quiet_hours=quiet,
+            max_per_week=event.max_per_week,
+        )
+    except PreferenceError as exc:
+        if exc.field == "resident_id":
+            return False
+        raise
+    return True

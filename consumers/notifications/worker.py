@@ -1,6 +1,7 @@
 """The notification worker process: Kafka in, messages out, delivery statuses back to Kafka.
 
-Consumes ``notifications.requested`` (and ``setups.lifecycle`` for set-up audiences), hands
+Consumes ``notifications.requested`` (plus ``setups.lifecycle`` for set-up audiences and the
+preference changes on ``residents.lifecycle``), hands
 each request to the :class:`~.dispatch.Dispatcher`, and commits offsets only after a batch is
 fully handled, so a crash means redelivery, which the outbox makes harmless. Between batches it
 releases scheduled messages (quiet hours over, retries due), starts due weekly digests and
@@ -37,6 +38,7 @@ from consumers.notifications.channels import Channel, channels_from_settings
 from consumers.notifications.deadletter import send_to_dead_letter
 from consumers.notifications.digest import run_digests
 from consumers.notifications.dispatch import Dispatcher, Summary
+from consumers.notifications.preferences import PreferenceError, apply_resident_update
 from consumers.notifications.setups import apply_setup_event
 from consumers.notifications.tokens import purge_expired_tokens
 from lpt.db import create_pool
@@ -46,7 +48,14 @@ from lpt.metrics import EVENTS_DUPLICATE, EVENTS_PROCESSED, PROCESSING_SECONDS
 from lpt.settings import Settings, get_settings
 from schemas.notifications import NotificationRequested, NotificationSent
 from schemas.registry import InvalidEvent, decode, encode
-from schemas.topics import NOTIFICATIONS_REQUESTED, NOTIFICATIONS_SENT, SETUPS, TopicSpec
+from schemas.residents import ResidentUpdated
+from schemas.topics import (
+    NOTIFICATIONS_REQUESTED,
+    NOTIFICATIONS_SENT,
+    RESIDENTS,
+    SETUPS,
+    TopicSpec,
+)
 
 log = get_logger(__name__)
 
@@ -96,6 +105,7 @@ class NotificationWorker:
         self._specs = {
             topic_name(NOTIFICATIONS_REQUESTED, settings): NOTIFICATIONS_REQUESTED,
             topic_name(SETUPS, settings): SETUPS,
+            topic_name(RESIDENTS, settings): RESIDENTS,
         }
         self.pool: asyncpg.Pool | None = None
         self.producer: AIOKafkaProducer | None = None
@@ -155,7 +165,9 @@ class NotificationWorker:
             batch = await self.consumer.getmany(timeout_ms=500)
             records = [r for rs in batch.values() for r in rs]
             # Set-ups first: a request in the same batch may name a set-up created just before.
-            records.sort(key=lambda r: (self._specs[r.topic] is not SETUPS, r.topic, r.offset))
+            records.sort(
+                key=lambda r: (self._specs[r.topic] is NOTIFICATIONS_REQUESTED, r.topic, r.offset)
+            )
             for record in records:
                 await self._with_outage_retry(self._process_guarded, record, stop)
             if records:
@@ -229,7 +241,16 @@ class NotificationWorker:
         except InvalidEvent as exc:
             await self._dead_letter(spec, record, exc.reason, exc.field)
             return
-        if spec is SETUPS:
+        if spec is RESIDENTS:
+            # Registrations, opt-outs and erasures act on the identity store directly (at once);
+            # from this topic the worker needs only preference changes.
+            if isinstance(event, ResidentUpdated):
+                try:
+                    await apply_resident_update(self.pool, event)
+                except PreferenceError as exc:
+                    await self._dead_letter(spec, record, str(exc), exc.field)
+                    return
+        elif spec is SETUPS:
             if await apply_setup_event(self.pool, event):
                 self.stats.setups += 1
             else:
