@@ -1,0 +1,223 @@
+"""Priority by area: score, rank, components, reasons, actions, streets and trend.
+
+Reads the stream processors' query side (``lpt/migrations/004_priority.sql``): the current row
+per (level, area) and the history snapshots. Only aggregates live there, so every role may read
+them inside its scope; a list is filtered to the scope, a single out-of-scope area is a 403.
+Cell outlines are computed here with ``h3.cell_to_boundary`` (GeoJSON wants lng/lat order).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime
+from typing import Any, Literal
+
+import asyncpg
+import h3
+from aiohttp import web
+
+from api.http import HTTPProblem
+from api.officer.access import READERS, forbid_out_of_scope, require
+from api.officer.accounts import Account
+from api.officer.areas import AreaIndex
+from api.officer.state import officer_state
+from streams.scoring.explain import actions as recommended_actions
+
+Level = Literal["9", "8", "7", "ward", "la", "force"]
+LEVELS: tuple[Level, ...] = ("9", "8", "7", "ward", "la", "force")
+#: The level names the priority tables use for each of ours.
+DB_LEVEL: dict[str, str] = {
+    "9": "res9",
+    "8": "res8",
+    "7": "res7",
+    "ward": "ward",
+    "la": "la",
+    "force": "force",
+}
+H3_LEVELS = ("9", "8", "7")
+MAX_LIST = 5000
+TREND_POINTS = 26
+
+
+def parse_level(raw: str | None) -> Level:
+    value = (raw or "9").removeprefix("res")
+    for level in LEVELS:
+        if value == level:
+            return level
+    raise HTTPProblem(422, f"level must be one of {', '.join(LEVELS)}", "level")
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, str):
+        return json.loads(value)
+    return value
+
+
+def _iso(value: Any) -> str | None:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    return None if value is None else str(value)
+
+
+def area_in_scope(index: AreaIndex, account: Account, level: Level, row: dict[str, Any]) -> bool:
+    scope = account.scope
+    if scope.force_wide or level == "force":
+        return True
+    if level in H3_LEVELS:
+        if index.cell_in_scope(row["area_id"], scope):
+            return True
+        return scope.covers(row.get("ward_code"), row.get("local_authority_code"))
+    if level == "ward":
+        return index.ward_in_scope(row["area_id"], scope)
+    return row["area_id"] in scope.local_authority_codes
+
+
+def present(row: dict[str, Any], level: Level) -> dict[str, Any]:
+    """A priority row as the API shows it (reasons in plain English, actions from reasons)."""
+    reasons = _json(row.get("reasons")) or []
+    streets = _json(row.get("streets")) or []
+    street_names = [s["street"] if isinstance(s, dict) else str(s) for s in streets]
+    stored_actions = _json(row.get("actions"))
+    out = {
+        "level": level,
+        "id": row["area_id"],
+        "score": row.get("score"),
+        "rank": row.get("rank"),
+        "ranked_of": row.get("cells_ranked"),
+        "components": _json(row.get("components")) or {},
+        "reasons": reasons,
+        "actions": stored_actions if stored_actions else recommended_actions(reasons, street_names),
+        "streets": street_names,
+        "ward_code": row.get("ward_code"),
+        "local_authority_code": row.get("local_authority_code"),
+        "as_of": _iso(row.get("as_of")),
+    }
+    if level in H3_LEVELS:
+        lat, lng = h3.cell_to_latlng(row["area_id"])
+        out["centre"] = {"lat": round(lat, 6), "lng": round(lng, 6)}
+    return out
+
+
+async def fetch_rows(
+    pool: asyncpg.Pool, level: Level, ids: list[str] | None = None
+) -> list[dict[str, Any]]:
+    if ids is None:
+        rows = await pool.fetch(
+            "SELECT * FROM priority_current WHERE level = $1 ORDER BY rank NULLS LAST, area_id "
+            "LIMIT $2",
+            DB_LEVEL[level],
+            MAX_LIST,
+        )
+    else:
+        rows = await pool.fetch(
+            "SELECT * FROM priority_current WHERE level = $1 AND area_id = ANY($2::text[])",
+            DB_LEVEL[level],
+            ids,
+        )
+    return [dict(r) for r in rows]
+
+
+async def trend(pool: asyncpg.Pool, level: Level, area_id: str) -> list[dict[str, Any]]:
+    rows = await pool.fetch(
+        """SELECT snapshot_date, score, rank FROM priority_history
+           WHERE level = $1 AND area_id = $2 ORDER BY snapshot_date DESC LIMIT $3""",
+        DB_LEVEL[level],
+        area_id,
+        TREND_POINTS,
+    )
+    return [
+        {"date": _iso(r["snapshot_date"]), "score": r["score"], "rank": r["rank"]}
+        for r in reversed(rows)
+    ]
+
+
+async def cells_in_scope(
+    request: web.Request, account: Account, level: Level
+) -> list[dict[str, Any]]:
+    state = officer_state(request)
+    index = await state.areas.get()
+    rows = await fetch_rows(state.pool, level)
+    return [present(r, level) for r in rows if area_in_scope(index, account, level, r)]
+
+
+async def score_of_cells(pool: asyncpg.Pool, cells: list[str]) -> dict[str, tuple[float, int]]:
+    """Current (score, rank) of res-9 cells, for ordering door-knock lists."""
+    rows = await pool.fetch(
+        "SELECT area_id, score, rank FROM priority_current WHERE level = 'res9' "
+        "AND area_id = ANY($1::text[])",
+        cells,
+    )
+    return {r["area_id"]: (float(r["score"] or 0.0), int(r["rank"] or 0)) for r in rows}
+
+
+# -- handlers ---------------------------------------------------------------------------------
+
+
+async def list_priority(request: web.Request) -> web.Response:
+    account = await require(request, READERS)
+    level = parse_level(request.query.get("level"))
+    items = await cells_in_scope(request, account, level)
+    return web.json_response({"level": level, "count": len(items), "items": items})
+
+
+async def get_area(request: web.Request) -> web.Response:
+    account = await require(request, READERS)
+    level = parse_level(request.match_info["level"])
+    area_id = request.match_info["area_id"]
+    return web.json_response(await area_detail(request, account, level, area_id))
+
+
+async def area_detail(
+    request: web.Request, account: Account, level: Level, area_id: str
+) -> dict[str, Any]:
+    state = officer_state(request)
+    if level in H3_LEVELS and (
+        not h3.is_valid_cell(area_id) or str(h3.get_resolution(area_id)) != level
+    ):
+        raise HTTPProblem(422, f"not an H3 cell of resolution {level}", "area_id")
+    rows = await fetch_rows(state.pool, level, [area_id])
+    if not rows:
+        # A cell with no row yet: still scope-checked, so a 404 never leaks outside the scope.
+        forbid_out_of_scope(
+            area_in_scope(await state.areas.get(), account, level, {"area_id": area_id})
+        )
+        raise HTTPProblem(404, "no priority figures for this area yet", "area_id")
+    row = rows[0]
+    forbid_out_of_scope(area_in_scope(await state.areas.get(), account, level, row))
+    detail = present(row, level)
+    detail["trend"] = await trend(state.pool, level, area_id)
+    return detail
+
+
+def cell_feature(item: dict[str, Any]) -> dict[str, Any]:
+    ring = [[round(lng, 6), round(lat, 6)] for lat, lng in h3.cell_to_boundary(item["id"])]
+    ring.append(ring[0])
+    return {
+        "type": "Feature",
+        "id": item["id"],
+        "geometry": {"type": "Polygon", "coordinates": [ring]},
+        "properties": {
+            "id": item["id"],
+            "score": item["score"],
+            "rank": item["rank"],
+            "ranked_of": item["ranked_of"],
+            "top_reason": item["reasons"][0]["text"] if item["reasons"] else "",
+        },
+    }
+
+
+async def geojson(request: web.Request) -> web.Response:
+    account = await require(request, READERS)
+    level = parse_level(request.query.get("level"))
+    if level not in H3_LEVELS:
+        raise HTTPProblem(422, "cell outlines exist for levels 9, 8 and 7 only", "level")
+    items = await cells_in_scope(request, account, level)
+    return web.json_response(
+        {"type": "FeatureCollection", "features": [cell_feature(i) for i in items]}
+    )
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/api/v1/priority", list_priority)
+    app.router.add_get("/api/v1/priority/geojson", geojson)
+    app.router.add_get("/api/v1/priority/{level}/{area_id}", get_area)

@@ -1,0 +1,239 @@
+"""Shared set-up for the officer app tests: reference postcodes, accounts, priority rows,
+logged-in HTTP sessions against the real app (real Kafka and PostgreSQL). No tests here."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+import aiohttp
+import asyncpg
+import h3
+from aiohttp.test_utils import TestServer
+
+from api.app import create_app
+from api.officer.accounts import Account, AccountStore, Role
+from lpt.settings import Settings
+from tests.web_helpers import web_settings
+
+HULL = "E06000010"
+EAST_RIDING = "E06000011"
+WARD_CENTRE = "E05001677"  # Hull city centre (HU1 1AA)
+WARD_NEXT = "E05001671"  # its neighbour (HU1 1EX)
+WARD_EAST = "E05001701"  # East Riding (HU11 4QA)
+PASSWORD = "correct horse battery staple"
+
+#: Real postcodes (NSPL May 2025 points, Code-Point Open 2014 wards).
+POSTCODES = (
+    ("HU1 1AA", 53.74406, -0.33280, WARD_CENTRE, HULL),
+    ("HU1 1DB", 53.74360, -0.33365, WARD_CENTRE, HULL),
+    ("HU1 1AZ", 53.73783, -0.33518, WARD_CENTRE, HULL),
+    ("HU1 1EX", 53.74409, -0.32656, WARD_NEXT, HULL),
+    ("HU11 4QA", 53.82142, -0.10970, WARD_EAST, EAST_RIDING),
+)
+
+
+def cell9(postcode: str) -> str:
+    for pc, lat, lng, _, _ in POSTCODES:
+        if pc == postcode:
+            return str(h3.latlng_to_cell(lat, lng, 9))
+    raise KeyError(postcode)
+
+
+CENTRE_CELL = cell9("HU1 1AA")
+EAST_CELL = cell9("HU11 4QA")
+
+#: username -> (role, team, wards, local authorities)
+ACCOUNTS: dict[str, tuple[Role, str | None, tuple[str, ...], tuple[str, ...]]] = {
+    "officer.centre": ("officer", "Hull Central", (WARD_CENTRE,), ()),
+    "officer.east": ("officer", "East Riding", (), (EAST_RIDING,)),
+    "supervisor.hull": ("supervisor", "Hull Central", (), (HULL,)),
+    "supervisor.east": ("supervisor", "East Riding", (WARD_EAST,), ()),
+    "analyst.hull": ("analyst", None, (), (HULL,)),
+    "admin": ("admin", None, (), ()),
+}
+
+
+async def add_reference(conn: asyncpg.Connection) -> None:
+    for pc, lat, lng, ward, la in POSTCODES:
+        await conn.execute(
+            """INSERT INTO ref_postcodes (postcode, lat, lng, cell, unlocated, ward_code,
+                   local_authority_code) VALUES ($1, $2, $3, $4, false, $5, $6)
+               ON CONFLICT DO NOTHING""",
+            pc,
+            lat,
+            lng,
+            h3.latlng_to_cell(lat, lng, 10),
+            ward,
+            la,
+        )
+
+
+def reason(component: str, text: str, raw: float = 1.0) -> dict[str, Any]:
+    return {"component": component, "raw_value": raw, "data_date": "2025-06-15", "text": text}
+
+
+async def put_priority(
+    conn: asyncpg.Connection,
+    level: str,
+    area_id: str,
+    score: float,
+    rank: int,
+    reasons: list[dict[str, Any]],
+    streets: list[str] | None = None,
+    ward: str | None = None,
+    la: str | None = None,
+    ranked_of: int = 100,
+    history: list[tuple[str, float, int]] = (),  # type: ignore[assignment]
+) -> None:
+    """A current row (and history snapshots) in the stream processors' priority tables."""
+    components = {r["component"]: {"raw": r["raw_value"], "percentile": 0.9} for r in reasons}
+    await conn.execute(
+        """INSERT INTO priority_current (level, area_id, score, rank, cells_ranked, components,
+               reasons, streets, ward_code, local_authority_code, as_of)
+           VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb, $8::jsonb, $9, $10, now())""",
+        level,
+        area_id,
+        score,
+        rank,
+        ranked_of,
+        json.dumps(components),
+        json.dumps(reasons),
+        json.dumps(streets or []),
+        ward,
+        la,
+    )
+    for day, s, r in history:
+        await conn.execute(
+            """INSERT INTO priority_history (level, area_id, snapshot_date, score, rank)
+               VALUES ($1, $2, $3, $4, $5)""",
+            level,
+            area_id,
+            date.fromisoformat(day),
+            s,
+            r,
+        )
+
+
+async def ensure_priority_tables(conn: asyncpg.Connection) -> None:
+    """Until the stream processors' migration exists, the shape the app reads."""
+    if await conn.fetchval("SELECT to_regclass('priority_current')") is not None:
+        return
+    await conn.execute(
+        """CREATE TABLE priority_current (level text, area_id text, score double precision,
+               rank integer, cells_ranked integer, components jsonb, reasons jsonb,
+               streets jsonb, ward_code text, local_authority_code text, as_of timestamptz,
+               PRIMARY KEY (level, area_id));
+           CREATE TABLE priority_history (level text, area_id text, snapshot_date date,
+               score double precision, rank integer, PRIMARY KEY (level, area_id, snapshot_date))"""
+    )
+
+
+async def seed(settings: Settings) -> dict[str, Account]:
+    conn = await asyncpg.connect(settings.dsn)
+    pool = await asyncpg.create_pool(settings.dsn, min_size=1, max_size=2)
+    try:
+        await add_reference(conn)
+        await ensure_priority_tables(conn)
+        await put_priority(
+            conn,
+            "res9",
+            CENTRE_CELL,
+            0.82,
+            1,
+            [
+                reason("harm", "Crime harm of 1,234 harm-days, mostly burglary", 1234.0),
+                reason("near_repeat", "Burglary within about 400 m in the last 8 weeks", 0.5),
+            ],
+            streets=["On or near Whitefriargate", "On or near Silver Street"],
+            ward=WARD_CENTRE,
+            la=HULL,
+            history=[("2025-06-01", 0.5, 9), ("2025-06-08", 0.7, 3), ("2025-06-15", 0.82, 1)],
+        )
+        await put_priority(
+            conn,
+            "res9",
+            EAST_CELL,
+            0.61,
+            2,
+            [reason("deprivation", "Income deprivation higher than 80% of England's areas")],
+            ward=WARD_EAST,
+            la=EAST_RIDING,
+        )
+        await put_priority(conn, "ward", WARD_CENTRE, 0.7, 1, [reason("harm", "Harm")])
+        await put_priority(conn, "ward", WARD_EAST, 0.4, 2, [reason("harm", "Harm")])
+        await put_priority(conn, "force", "force", 0.5, 1, [reason("harm", "Harm")])
+        store = AccountStore(pool)
+        out = {}
+        for username, (role, team, wards, las) in ACCOUNTS.items():
+            out[username] = await store.create(
+                username,
+                username.replace(".", " ").title(),
+                role,
+                password=PASSWORD,
+                team=team,
+                ward_codes=wards,
+                local_authority_codes=las,
+            )
+        return out
+    finally:
+        await pool.close()
+        await conn.close()
+
+
+def officer_settings(settings: Settings, **overrides: Any) -> Settings:
+    return dataclasses.replace(web_settings(settings), cookie_secure=False, **overrides)
+
+
+@dataclass
+class User:
+    """One logged-in browser-like session (own cookie jar)."""
+
+    http: aiohttp.ClientSession
+    csrf: str
+    account: dict[str, Any]
+
+    async def get(self, path: str, **kw: Any) -> aiohttp.ClientResponse:
+        return await self.http.get(path, **kw)
+
+    async def send(
+        self, method: str, path: str, csrf: bool = True, **kw: Any
+    ) -> aiohttp.ClientResponse:
+        headers = dict(kw.pop("headers", {}))
+        if csrf:
+            headers["X-CSRF-Token"] = self.csrf
+        return await self.http.request(method, path, headers=headers, **kw)
+
+
+@asynccontextmanager
+async def served(settings: Settings) -> AsyncIterator[TestServer]:
+    server = TestServer(create_app(settings))
+    await server.start_server()
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+@asynccontextmanager
+async def session_for(server: TestServer, username: str | None) -> AsyncIterator[User]:
+    http = aiohttp.ClientSession(
+        base_url=str(server.make_url("")), cookie_jar=aiohttp.CookieJar(unsafe=True)
+    )
+    try:
+        if username is None:
+            yield User(http, "", {})
+            return
+        resp = await http.post(
+            "/api/v1/auth/login", json={"username": username, "password": PASSWORD}
+        )
+        assert resp.status == 200, await resp.text()
+        body = await resp.json()
+        yield User(http, body["csrf_token"], body["account"])
+    finally:
+        await http.close()
