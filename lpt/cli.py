@@ -172,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run a stream worker (foreground)")
     p.set_defaults(func=_lazy("streams.app:cli"))
 
+    p = sub.add_parser("notify", help="run the notification worker (foreground)")
+    p.add_argument(
+        "--until-idle", action="store_true", help="exit once caught up and nothing is due"
+    )
+    p.set_defaults(func=_lazy("consumers.notifications.worker:cli"))
+
     p = sub.add_parser("cells", help="print the priority table")
     p.add_argument("--res", type=int, default=9)
     p.add_argument("--json", action="store_true")

@@ -31,7 +31,7 @@ class ManagedProcess:
 
 def managed_processes(settings: Settings) -> list[ManagedProcess]:
     """The project's own long-running processes that ``lpt up`` starts."""
-    procs = [ManagedProcess("web", ("serve",))]
+    procs = [ManagedProcess("web", ("serve",)), ManagedProcess("notify", ("notify",))]
     if importlib.util.find_spec("streams.app") is None:  # stream workers not built yet
         return procs
     for i in range(settings.stream_workers):
