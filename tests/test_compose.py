@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from lpt.cli import command_names
+from lpt.metrics import metric_names
 from lpt.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,3 +77,87 @@ def test_readme_starts_with_the_two_commands_and_documents_every_setting() -> No
         assert f"`{env}`" in readme, f"README configuration table lacks {env}"
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in ci
+
+
+# -- monitoring (issue 6): Prometheus and Grafana for Docker users ---------------------------
+
+_PROMQL_WORDS = re.compile(r"\b(?:kafka|lpt)_[a-z0-9_]+\b")
+_LABEL_LISTS = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
+_MATCHERS = re.compile(r"\{[^}]*\}")
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """The project's metric names an expression uses (label lists and matchers removed)."""
+    stripped = _MATCHERS.sub("", _LABEL_LISTS.sub("", expr))
+    return set(_PROMQL_WORDS.findall(stripped))
+
+
+def dashboard_exprs() -> list[str]:
+    dashboard = json.loads((ROOT / "infra" / "grafana" / "dashboards" / "lpt.json").read_text())
+    exprs = []
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            exprs.append(target["expr"])
+    return exprs
+
+
+def test_prometheus_scrapes_the_web_service_and_every_worker() -> None:
+    services = load()["services"]
+    assert services["prometheus"]["image"].startswith("prom/prometheus:")
+    assert "./infra/prometheus:/etc/prometheus:ro" in services["prometheus"]["volumes"]
+    config = yaml.safe_load((ROOT / "infra" / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    web_port = services["web"]["environment"]["LPT_HTTP_PORT"]
+    web = jobs["lpt-web"]
+    assert web["static_configs"][0]["targets"] == [f"web:{web_port}"]
+    assert web["metrics_path"] == "/metrics" and web["params"] == {"scope": ["local"]}
+    worker_env = services["worker"]["environment"]
+    (dns,) = jobs["lpt-workers"]["dns_sd_configs"]
+    assert dns["names"] == ["worker"] and str(dns["port"]) == worker_env["LPT_METRICS_PORT"]
+    assert worker_env["LPT_METRICS_HOST"] == "0.0.0.0"
+    rules = config["rule_files"]
+    assert rules == ["/etc/prometheus/alerts.yml"]
+
+
+def test_alert_rules_and_dashboard_use_only_catalogue_metrics() -> None:
+    known = metric_names()
+    alerts = yaml.safe_load((ROOT / "infra" / "prometheus" / "alerts.yml").read_text())
+    exprs = [r["expr"] for g in alerts["groups"] for r in g["rules"]]
+    panels = dashboard_exprs()
+    assert len(panels) >= 10 and len(exprs) >= 5
+    used: set[str] = set()
+    for expr in exprs + panels:
+        names = promql_metric_names(expr)
+        assert names or "up{" in expr, f"no catalogue metric in {expr!r}"
+        assert names <= known, f"{sorted(names - known)} not in lpt/metrics.py ({expr!r})"
+        used |= names
+    # What the issue asks the dashboard to show: lag, throughput, dead letters, latency.
+    for wanted in (
+        "kafka_consumergroup_lag",
+        "kafka_consumergroup_lag_seconds",
+        "kafka_topic_partition_current_offset",
+        "lpt_dead_letter_messages",
+        "lpt_dead_letters_total",
+        "lpt_processing_seconds_bucket",
+        "lpt_http_request_seconds_bucket",
+    ):
+        assert any(wanted in promql_metric_names(e) for e in panels), wanted
+    assert promql_metric_names('sum by (lpt_process) (lpt_kafka_up{topic="x"})') == {"lpt_kafka_up"}
+
+
+def test_grafana_is_provisioned_with_the_dashboard() -> None:
+    grafana = load()["services"]["grafana"]
+    assert grafana["image"].startswith("grafana/grafana:")
+    mounts = {
+        v.split(":")[1]: ROOT / v.split(":")[0] for v in grafana["volumes"] if v.startswith("./")
+    }
+    provisioning = mounts["/etc/grafana/provisioning"]
+    (datasource,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())[
+        "datasources"
+    ]
+    assert datasource["url"] == "http://prometheus:9090"
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "lpt.yml").read_text())["providers"]
+    assert provider["options"]["path"] in mounts
+    dashboard = json.loads((mounts[provider["options"]["path"]] / "lpt.json").read_text())
+    sources = {t["datasource"]["uid"] for p in dashboard["panels"] for t in p.get("targets", [])}
+    assert sources == {datasource["uid"]}
