@@ -89,49 +89,45 @@ async def put_priority(
     ward: str | None = None,
     la: str | None = None,
     ranked_of: int = 100,
-    history: list[tuple[str, float, int]] = (),  # type: ignore[assignment]
+    history: tuple[tuple[str, float, int], ...] = (),
 ) -> None:
-    """A current row (and history snapshots) in the stream processors' priority tables."""
-    components = {r["component"]: {"raw": r["raw_value"], "percentile": 0.9} for r in reasons}
+    """A current row (and daily snapshots) in the stream processors' priority tables."""
+    components = {
+        r["component"]: {"raw": r["raw_value"], "percentile": 0.9, "data_date": r["data_date"]}
+        for r in reasons
+    }
+    street_rows = [{"street": s, "harm": 10.0 - i} for i, s in enumerate(streets or [])]
     await conn.execute(
-        """INSERT INTO priority_current (level, area_id, score, rank, cells_ranked, components,
-               reasons, streets, ward_code, local_authority_code, as_of)
-           VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb, $8::jsonb, $9, $10, now())""",
+        """INSERT INTO priority_areas (level, area_id, resolution, score, rank, areas_ranked,
+               in_top, ward_code, local_authority_code, components, reasons, actions, streets,
+               counts, survey, engagement, as_of, weights_version)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb, $11::jsonb, '[]'::jsonb,
+                   $12::jsonb, '{}'::jsonb, NULL, '{}'::jsonb, now(), 'test')""",
         level,
         area_id,
+        int(level[3:]) if level.startswith("res") else None,
         score,
         rank,
         ranked_of,
-        json.dumps(components),
-        json.dumps(reasons),
-        json.dumps(streets or []),
+        rank <= max(1, ranked_of // 10),
         ward,
         la,
+        json.dumps(components),
+        json.dumps(reasons),
+        json.dumps(street_rows),
     )
     for day, s, r in history:
         await conn.execute(
-            """INSERT INTO priority_history (level, area_id, snapshot_date, score, rank)
-               VALUES ($1, $2, $3, $4, $5)""",
+            """INSERT INTO priority_history (level, area_id, day, score, rank, areas_ranked,
+                   in_top, components, reasons, as_of, weights_version)
+               VALUES ($1, $2, $3, $4, $5, $6, false, '{}'::jsonb, '[]'::jsonb, now(), 'test')""",
             level,
             area_id,
             date.fromisoformat(day),
             s,
             r,
+            ranked_of,
         )
-
-
-async def ensure_priority_tables(conn: asyncpg.Connection) -> None:
-    """Until the stream processors' migration exists, the shape the app reads."""
-    if await conn.fetchval("SELECT to_regclass('priority_current')") is not None:
-        return
-    await conn.execute(
-        """CREATE TABLE priority_current (level text, area_id text, score double precision,
-               rank integer, cells_ranked integer, components jsonb, reasons jsonb,
-               streets jsonb, ward_code text, local_authority_code text, as_of timestamptz,
-               PRIMARY KEY (level, area_id));
-           CREATE TABLE priority_history (level text, area_id text, snapshot_date date,
-               score double precision, rank integer, PRIMARY KEY (level, area_id, snapshot_date))"""
-    )
 
 
 async def seed(settings: Settings) -> dict[str, Account]:
@@ -139,7 +135,6 @@ async def seed(settings: Settings) -> dict[str, Account]:
     pool = await asyncpg.create_pool(settings.dsn, min_size=1, max_size=2)
     try:
         await add_reference(conn)
-        await ensure_priority_tables(conn)
         await put_priority(
             conn,
             "res9",
@@ -153,7 +148,7 @@ async def seed(settings: Settings) -> dict[str, Account]:
             streets=["On or near Whitefriargate", "On or near Silver Street"],
             ward=WARD_CENTRE,
             la=HULL,
-            history=[("2025-06-01", 0.5, 9), ("2025-06-08", 0.7, 3), ("2025-06-15", 0.82, 1)],
+            history=(("2025-06-01", 0.5, 9), ("2025-06-08", 0.7, 3), ("2025-06-15", 0.82, 1)),
         )
         await put_priority(
             conn,

@@ -31,7 +31,7 @@ DB_LEVEL: dict[str, str] = {
     "8": "res8",
     "7": "res7",
     "ward": "ward",
-    "la": "la",
+    "la": "local_authority",
     "force": "force",
 }
 H3_LEVELS = ("9", "8", "7")
@@ -76,14 +76,18 @@ def present(row: dict[str, Any], level: Level) -> dict[str, Any]:
     """A priority row as the API shows it (reasons in plain English, actions from reasons)."""
     reasons = _json(row.get("reasons")) or []
     streets = _json(row.get("streets")) or []
-    street_names = [s["street"] if isinstance(s, dict) else str(s) for s in streets]
+    street_names = [
+        str(s.get("street") or s.get("name") or "") if isinstance(s, dict) else str(s)
+        for s in streets
+    ]
     stored_actions = _json(row.get("actions"))
     out = {
         "level": level,
         "id": row["area_id"],
         "score": row.get("score"),
         "rank": row.get("rank"),
-        "ranked_of": row.get("cells_ranked"),
+        "ranked_of": row.get("areas_ranked"),
+        "in_top": row.get("in_top"),
         "components": _json(row.get("components")) or {},
         "reasons": reasons,
         "actions": stored_actions if stored_actions else recommended_actions(reasons, street_names),
@@ -91,6 +95,9 @@ def present(row: dict[str, Any], level: Level) -> dict[str, Any]:
         "ward_code": row.get("ward_code"),
         "local_authority_code": row.get("local_authority_code"),
         "as_of": _iso(row.get("as_of")),
+        "counts": _json(row.get("counts")) or {},
+        "survey": _json(row.get("survey")),
+        "engagement": _json(row.get("engagement")) or {},
     }
     if level in H3_LEVELS:
         lat, lng = h3.cell_to_latlng(row["area_id"])
@@ -103,14 +110,14 @@ async def fetch_rows(
 ) -> list[dict[str, Any]]:
     if ids is None:
         rows = await pool.fetch(
-            "SELECT * FROM priority_current WHERE level = $1 ORDER BY rank NULLS LAST, area_id "
+            "SELECT * FROM priority_areas WHERE level = $1 ORDER BY rank NULLS LAST, area_id "
             "LIMIT $2",
             DB_LEVEL[level],
             MAX_LIST,
         )
     else:
         rows = await pool.fetch(
-            "SELECT * FROM priority_current WHERE level = $1 AND area_id = ANY($2::text[])",
+            "SELECT * FROM priority_areas WHERE level = $1 AND area_id = ANY($2::text[])",
             DB_LEVEL[level],
             ids,
         )
@@ -119,15 +126,14 @@ async def fetch_rows(
 
 async def trend(pool: asyncpg.Pool, level: Level, area_id: str) -> list[dict[str, Any]]:
     rows = await pool.fetch(
-        """SELECT snapshot_date, score, rank FROM priority_history
-           WHERE level = $1 AND area_id = $2 ORDER BY snapshot_date DESC LIMIT $3""",
+        """SELECT day, score, rank FROM priority_history
+           WHERE level = $1 AND area_id = $2 ORDER BY day DESC LIMIT $3""",
         DB_LEVEL[level],
         area_id,
         TREND_POINTS,
     )
     return [
-        {"date": _iso(r["snapshot_date"]), "score": r["score"], "rank": r["rank"]}
-        for r in reversed(rows)
+        {"date": _iso(r["day"]), "score": r["score"], "rank": r["rank"]} for r in reversed(rows)
     ]
 
 
@@ -143,7 +149,7 @@ async def cells_in_scope(
 async def score_of_cells(pool: asyncpg.Pool, cells: list[str]) -> dict[str, tuple[float, int]]:
     """Current (score, rank) of res-9 cells, for ordering door-knock lists."""
     rows = await pool.fetch(
-        "SELECT area_id, score, rank FROM priority_current WHERE level = 'res9' "
+        "SELECT area_id, score, rank FROM priority_areas WHERE level = 'res9' "
         "AND area_id = ANY($1::text[])",
         cells,
     )

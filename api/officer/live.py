@@ -92,17 +92,16 @@ class LiveHub:
 
     async def _assign(self, consumer: AIOKafkaConsumer) -> None:
         """All partitions of both topics, positioned at their end (retried until they exist)."""
-        names = [
-            topic_name(PRIORITY_CHANGED, self.settings),
-            topic_name(OFFICER_ALERTS, self.settings),
+        specs = (PRIORITY_CHANGED, OFFICER_ALERTS)
+        names = [topic_name(spec, self.settings) for spec in specs]
+        while not set(names) <= set(await consumer.topics()):
+            await asyncio.sleep(1.0)  # `lpt up` creates the topics; wait for them
+        # Partition counts from the catalogue (they are fixed there for these topics).
+        tps = [
+            TopicPartition(name, p)
+            for spec, name in zip(specs, names, strict=True)
+            for p in range(spec.partitions or self.settings.topic_partitions)
         ]
-        while True:
-            await consumer.topics()  # refreshes the cluster metadata
-            parts = {name: consumer.partitions_for_topic(name) for name in names}
-            if all(parts.values()):
-                break
-            await asyncio.sleep(1.0)
-        tps = [TopicPartition(n, p) for n in names for p in sorted(parts[n] or ())]
         consumer.assign(tps)
         await consumer.seek_to_end(*tps)
         for tp in tps:
