@@ -14,7 +14,7 @@ import asyncio
 from aiohttp import web
 from pydantic import TypeAdapter, ValidationError
 
-from api import ingest, intake, officer, ops, status
+from api import ingest, intake, officer, ops, public, status
 from api.context import RESOURCES, SETTINGS, resources_ctx
 from api.http import ApiKeys, error_middleware
 from lpt.logs import get_logger
@@ -78,6 +78,7 @@ def create_app(settings: Settings) -> web.Application:
     ingest.setup(app, ApiKeys(settings.ingest_api_keys))
     intake.setup(app)
     status.setup(app)
+    public.setup(app)
     officer.setup(app)
     ops.setup(app)
     return app
