@@ -14,13 +14,14 @@ from datetime import timedelta
 from html.parser import HTMLParser
 
 import aiohttp
+import pytest
 
 from api.public import surveys
 from api.public.links import issue_link
 from api.public.ratelimit import RateLimiter
 from api.public.state import PUBLIC
 from api.public.surveys import issue_wave
-from identity.vault import PersonDetails
+from identity.vault import KeyShredded, PersonDetails
 from producers.intake import current_wave
 from schemas.common import SURVEY_PRIORITIES, EncryptedField
 from schemas.engagement import SurveyAnswered
@@ -32,6 +33,7 @@ from tests.test_public_support import (  # noqa: F401 - the fixture
     WARD,
     Site,
     csrf_token,
+    database_dump,
     events_on,
     kafka_dump,
     link_in,
@@ -473,8 +475,10 @@ async def test_survey_link_is_personal_single_use_and_the_concern_is_sealed(site
     assert event.location is not None and event.location.cell == cell
     # The concern travels sealed: not in the bytes of any Kafka message, but readable with
     # the resident's key while they exist.
-    assert concern.encode() not in await kafka_dump(site.settings)
-    assert event.concern is not None and await site.vault.unseal(event.concern) == concern
+    raw = await kafka_dump(site.settings)
+    assert event.concern is not None and event.concern.ciphertext.encode() in raw
+    assert concern.encode() not in raw
+    assert await site.vault.unseal(event.concern) == concern
 
     # Response rates by ward for the officer app; areas under 10 people show no figures.
     rates = await surveys.response_rates(site.pool, wave)
@@ -521,3 +525,141 @@ async def test_reply_link_records_the_reply_once_in_the_area_inbox(site: Site) -
     tampered = path[:-1] + ("A" if path[-1] != "A" else "B")
     assert (await site.client.get(tampered)).status == 404
     assert await site.pool.fetchval("SELECT count(*) FROM reply_inbox") == 1
+
+
+# -- settings, a copy of my data, erasure ---------------------------------------------------------
+
+
+async def manage_link(site: Site, contact: str, email: str) -> str:
+    """Ask for a settings link the way a resident does, and take it from their inbox."""
+    status, page = await post_form(site.client, "/manage", [("contact", contact)])
+    assert status == 200 and "Check your messages" in page
+    [mail] = [
+        m for m in site.inbox.to(email) if m["Subject"] == "Your link to change your settings"
+    ]
+    return link_in(mail, "manage")
+
+
+async def test_settings_link_changes_preferences_for_the_next_message(site: Site) -> None:
+    email, _, _ = unique_person()
+    rid, _ = await register(site, email=email)
+    # Asking with an address nobody signed up with looks the same and sends nothing.
+    stranger, _, _ = unique_person()
+    status, page = await post_form(site.client, "/manage", [("contact", stranger)])
+    assert status == 200 and "Check your messages" in page and site.inbox.to(stranger) == []
+
+    path = await manage_link(site, email.upper(), email)
+    resp = await site.client.get(path)
+    assert resp.status == 200 and "Your settings" in await resp.text()
+
+    status, page = await post_form(site.client, path, [("max_per_week", "3")])
+    assert status == 422 and '<a href="#channels">Select at least one way' in page
+
+    choice = [
+        ("channels", "email"),
+        ("topics", "you_said_we_did"),
+        ("topics", "safety_alert"),
+        ("max_per_week", "3"),
+        ("quiet_start", "22:00"),
+        ("quiet_end", "07:00"),
+    ]
+    status, page = await post_form(site.client, path, choice)
+    assert status == 200 and "Your settings have been saved" in page  # after the redirect
+    row = await site.pool.fetchrow(
+        "SELECT * FROM notification_preferences WHERE resident_id = $1", rid
+    )
+    assert row["channels"] == ["email"] and row["topics"] == ["you_said_we_did", "safety_alert"]
+    assert row["max_per_week"] == 3
+    assert (row["quiet_start"].hour, row["quiet_end"].hour) == (22, 7)
+    [updated] = [
+        e for e in await events_on(site.settings, RESIDENTS) if e.type == "resident.updated"
+    ]
+    assert updated.resident_id == rid and updated.quiet_hours == (22, 7)
+    assert updated.max_per_week == 3
+
+    # The worker applies it to the very next message: survey invitations are now turned off.
+    dispatcher = await site.dispatcher()
+    summary = await dispatcher.handle(notice("n-survey-off", WARD, kind="survey_invitation"))
+    assert summary.audience == 1 and summary.sent == 0
+    assert (await dispatcher.handle(notice("n-wanted", WARD))).sent == 1
+
+    # Stop everything from the settings page: the page then says so.
+    status, page = await post_form(site.client, f"{path}/stop", [], token_from=path)
+    assert status == 200 and "You have stopped all messages" in page
+    assert await site.pool.fetchval(
+        "SELECT opted_out_at IS NOT NULL FROM identity_people WHERE resident_id = $1", rid
+    )
+
+
+async def test_data_copy_then_erasure_leaves_nothing_readable(site: Site) -> None:
+    email, phone, name = unique_person()
+    rid, _ = await register(
+        site, email=email, phone=phone, name=name, channels=("email", "sms"), sex="male"
+    )
+    compact_phone = phone.replace(" ", "")
+    [confirm_mail] = site.inbox.to(email)
+    await post_form(site.client, link_in(confirm_mail, "confirm"), [], token_from="/register")
+    # A reply, so that something sealed with the person's key exists in the inbox and on Kafka.
+    await (await site.dispatcher()).handle(notice("n-before-erasure", WARD))
+    [update] = [m for m in site.inbox.to(email) if m["Subject"] == "Road closure on Whitefriargate"]
+    reply_text = f"Thanks, this is {name} from number 12."
+    status, _ = await post_form(site.client, link_in(update, "reply"), [("body", reply_text)])
+    assert status == 200
+
+    # A copy of my data: on a page and as a download, both audited.
+    path = await manage_link(site, email, email)
+    resp = await site.client.get(f"{path}/data")
+    assert resp.status == 200
+    shown = text_of(await resp.text())
+    for value in (email, compact_phone, name, "HU1 1AA", WARD, reply_text):
+        assert value in shown
+    resp = await site.client.get(f"{path}/data.json")
+    assert resp.status == 200
+    assert resp.headers["Content-Disposition"] == 'attachment; filename="my-details.json"'
+    data = json.loads(await resp.text())
+    assert data["contact"] == {
+        "email": email,
+        "phone": compact_phone,
+        "name": name,
+        "address": None,
+    }
+    assert data["email_confirmed_at"] is not None
+    # One outbox row per channel: e-mail sent; SMS failed as no SMS provider is configured here.
+    assert sorted((m["subject"], m["channel"], m["status"]) for m in data["messages"]) == [
+        ("Road closure on Whitefriargate", "email", "sent"),
+        ("Road closure on Whitefriargate", "sms", "failed"),
+    ]
+    assert [r["text"] for r in data["replies"]] == [reply_text]
+    assert "sex" not in json.dumps(data)  # kept only as an area count
+    audit = "SELECT action FROM public_audit_log WHERE resident_id = $1 ORDER BY audit_id"
+    assert [r["action"] for r in await site.pool.fetch(audit, rid)] == ["view", "export"]
+
+    # Erasure: a confirmation page, then crypto-shredding.
+    resp = await site.client.get(f"{path}/erase")
+    assert resp.status == 200 and "You cannot undo this" in await resp.text()
+    status, page = await post_form(site.client, f"{path}/erase", [], token_from=f"{path}/erase")
+    assert status == 200 and "Your details have been deleted" in page
+    assert (await site.client.get(path)).status == 404  # the link went with the person
+    assert [r["action"] for r in await site.pool.fetch(audit, rid)] == ["view", "export", "erase"]
+    lifecycle = [e for e in await events_on(site.settings, RESIDENTS) if e.resident_id == rid]
+    assert lifecycle[-1].type == "resident.erasure_requested"
+    with pytest.raises(KeyShredded):
+        await site.vault.unseal(lifecycle[0].contact)
+
+    # Nothing readable about the person anywhere: every table, every message on every topic.
+    needles = [email, phone, compact_phone, name, reply_text]
+    dump = (await database_dump(site.pool)).lower()
+    for needle in needles:
+        assert needle.lower() not in dump, needle
+    raw = (await kafka_dump(site.settings)).lower()
+    assert b"hu1 1aa" in raw and rid.lower().encode() in raw  # the search does read the events
+    assert rid.lower() in dump  # ... and the tables (pseudonymous ids remain, by design)
+    for needle in needles:
+        assert needle.lower().encode() not in raw, needle
+    # Area figures remain.
+    assert (
+        await site.pool.fetchval(
+            "SELECT residents FROM equality_counts WHERE question = 'sex' AND answer = 'male'"
+        )
+        == 1
+    )

@@ -27,6 +27,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiosmtpd.controller import Controller
 
 from api.app import create_app
@@ -275,14 +276,21 @@ async def database_dump(pool: asyncpg.Pool) -> str:
 
 async def kafka_dump(settings: Settings) -> bytes:
     """Every key, value and header of every message on this test's topics, as raw bytes."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    await admin.start()
+    try:
+        topics = [t for t in await admin.list_topics() if t.startswith(settings.topic_prefix)]
+        described = await admin.describe_topics(topics)
+    finally:
+        await admin.close()
+    assert len(topics) >= 10, "the test's topics were not found"
+    tps = [TopicPartition(d["topic"], p["partition"]) for d in described for p in d["partitions"]]
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False
     )
     await consumer.start()
     chunks: list[bytes] = []
     try:
-        topics = [t for t in await consumer.topics() if t.startswith(settings.topic_prefix)]
-        tps = [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()]
         end = await consumer.end_offsets(tps)
         begin = await consumer.beginning_offsets(tps)
         todo = {tp for tp in tps if end[tp] > begin[tp]}
