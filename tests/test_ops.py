@@ -346,6 +346,9 @@ async def test_workers_register_serve_metrics_and_are_aggregated(ops: Any) -> No
         assert up[worker.name] == 1.0
         processes = {labels.get("lpt_process") for labels, _ in found["lpt_kafka_up"]}
         assert processes == {"web", worker.name}  # the worker's own scrape, labelled
+        local = samples(await (await client.get("/metrics?scope=local")).text())
+        ages = {labels["worker"]: v for labels, v in local["lpt_worker_heartbeat_age_seconds"]}
+        assert 0 <= ages[worker.name] < 10  # for alerts when Prometheus scrapes workers itself
     finally:
         await worker.stop()
     overview = await (await client.get("/api/v1/ops", headers=AUTH)).json()

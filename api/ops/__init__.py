@@ -21,7 +21,7 @@ from lpt.logs import get_logger
 
 from . import views
 from .lag import LagSampler
-from .metrics import aggregate_response, local_response, scrape_workers
+from .metrics import aggregate_response, export_heartbeats, local_response, scrape_workers
 from .state import OPS, OpsState, ops_state
 from .trace import trace_middleware
 from .workers import list_workers
@@ -41,13 +41,14 @@ async def metrics(request: web.Request) -> web.Response:
         await state.sampler.snapshot(res.admin, res.offsets)
     except (KafkaError, TimeoutError, OSError) as exc:
         log.warning("ops.lag_unavailable", error=type(exc).__name__)
-    if request.query.get("scope") == "local":
-        return local_response()
     try:
         workers = await list_workers(res.pool)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         log.warning("ops.workers_unavailable", error=type(exc).__name__)
         workers = []
+    export_heartbeats(workers)
+    if request.query.get("scope") == "local":
+        return local_response()
     return aggregate_response(await scrape_workers(state.http, workers))
 
 

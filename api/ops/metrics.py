@@ -73,16 +73,22 @@ def merge(parts: Iterable[tuple[str, str]]) -> bytes:
     return generate_latest(registry)
 
 
+def export_heartbeats(workers: list[WorkerRow]) -> None:
+    """``lpt_worker_heartbeat_age_seconds`` of every worker not stopped cleanly."""
+    WORKER_HEARTBEAT_AGE.clear()
+    for w in workers:
+        if w.stopped_at is None:
+            WORKER_HEARTBEAT_AGE.labels(w.name, w.kind).set(w.heartbeat_age_s)
+
+
 async def scrape_workers(
     session: aiohttp.ClientSession, workers: list[WorkerRow]
 ) -> list[tuple[str, str]]:
-    """Scrape every live worker; sets ``lpt_worker_up`` and the heartbeat age for each."""
+    """Scrape every live worker; sets ``lpt_worker_up`` for each."""
     WORKER_UP.clear()
-    WORKER_HEARTBEAT_AGE.clear()
     live = [w for w in workers if w.stopped_at is None]
 
     async def one(w: WorkerRow) -> tuple[str, str] | None:
-        WORKER_HEARTBEAT_AGE.labels(w.name, w.kind).set(w.heartbeat_age_s)
         if w.heartbeat_age_s > STALE_AFTER_SECONDS:
             WORKER_UP.labels(w.name, w.kind).set(0)
             return None

@@ -47,6 +47,8 @@ _OPS_CSS = """
 pre{background:#f3f2f1;padding:.6rem;overflow-x:auto;font-size:.85rem;white-space:pre-wrap}
 button{font:inherit;padding:.4rem .9rem;background:#00703c;color:#fff;border:0;cursor:pointer}
 textarea{width:100%;max-width:40rem;font:inherit}
+.scroll td code{white-space:nowrap;overflow-wrap:normal}h3{font-size:1rem;margin:1rem 0 .3rem}
+@media (max-width:30rem){.opt{display:none}}
 """
 
 
@@ -261,8 +263,8 @@ def render_overview(data: dict[str, Any], operator: Operator) -> str:
     for g in data["consumer_groups"]:
         cls = "bad" if g["lag"] else "ok"
         group_rows.append(
-            f"<tr><td><code>{escape(g['group'])}</code></td><td>{escape(g['state'])}</td>"
-            f'<td class="n">{g["members"]}</td>'
+            f"<tr><td>{_short(g['group'], prefix)}</td><td class='opt'>{escape(g['state'])}</td>"
+            f'<td class="n opt">{g["members"]}</td>'
             f'<td class="n"><span class="{cls}" data-group-lag="{escape(g["group"])}">'
             f"{_n(g['lag'])}</span></td>"
             f'<td class="n">{_s(g["lag_seconds"])}</td></tr>'
@@ -272,14 +274,15 @@ def render_overview(data: dict[str, Any], operator: Operator) -> str:
         for p in g["partitions"]:
             cls = ' class="bad"' if p["lag"] else ""
             part_rows.append(
-                f"<tr><td><code>{escape(g['group'])}</code></td>"
+                f"<tr><td>{_short(g['group'], prefix)}</td>"
                 f"<td>{_short(p['topic'], prefix)}</td><td class='n'>{p['partition']}</td>"
-                f"<td class='n'>{_n(p['committed'])}</td><td class='n'>{_n(p['end'])}</td>"
+                f"<td class='n opt'>{_n(p['committed'])}</td>"
+                f"<td class='n opt'>{_n(p['end'])}</td>"
                 f"<td class='n'><span{cls}>{_n(p['lag'])}</span></td>"
                 f"<td class='n'>{_s(p['lag_seconds'])}</td></tr>"
             )
     consume_rows = [
-        f"<tr><td><code>{escape(g['group'])}</code></td><td>{_short(t, prefix)}</td>"
+        f"<tr><td>{_short(g['group'], prefix)}</td><td>{_short(t, prefix)}</td>"
         f"<td class='n'>{_r(rate)}</td></tr>"
         for g in data["consumer_groups"]
         for t, rate in g["consume_rate"].items()
@@ -295,18 +298,18 @@ def render_overview(data: dict[str, Any], operator: Operator) -> str:
             )
         replayed = "—" if t["replayed"] is None else _n(t["replayed"])
         topic_rows.append(
-            f"<tr><td>{_short(t['name'], prefix)}</td><td class='n'>{_n(t['messages'])}</td>"
+            f"<tr><td>{_short(t['name'], prefix)}</td><td class='n opt'>{_n(t['messages'])}</td>"
             f"<td class='n'>{_r(t['produce_rate'])}</td><td class='n'>{dlq}</td>"
-            f"<td class='n'>{replayed}</td></tr>"
+            f"<td class='n opt'>{replayed}</td></tr>"
         )
     worker_rows = []
     for w in data["workers"]:
         cls = {"up": "ok", "stopped": "muted"}.get(w["health"], "bad")
         worker_rows.append(
-            f"<tr><td><code>{escape(w['name'])}</code></td><td>{escape(w['kind'])}</td>"
+            f"<tr><td><code>{escape(w['name'])}</code></td><td class='opt'>{escape(w['kind'])}</td>"
             f'<td><span class="{cls}">{escape(w["health"])}</span></td>'
             f"<td class='n'>{_s(w['heartbeat_age_s'])}</td>"
-            f"<td>{escape(w['started_at'][:19].replace('T', ' '))}</td></tr>"
+            f"<td class='opt'>{escape(w['started_at'][:19].replace('T', ' '))}</td></tr>"
         )
     window = data["rate_window_s"]
     rates_note = (
@@ -314,7 +317,8 @@ def render_overview(data: dict[str, Any], operator: Operator) -> str:
     )
     groups_html = (
         _table(
-            ["Group", "State", "Members|n", "Lag (messages)|n", "Oldest unconsumed|n"], group_rows
+            ["Group", "State|o", "Members|no", "Lag (messages)|n", "Oldest unconsumed|n"],
+            group_rows,
         )
         if group_rows
         else "<p>No consumer group has committed offsets on these topics yet.</p>"
@@ -329,18 +333,23 @@ updated {escape(data["generated_at"][:19].replace("T", " "))} UTC
 {groups_html}
 <h2>Throughput</h2>
 <p class="meta">From offset deltas, {rates_note}.</p>
-{_table(["Topic", "Messages|n", "Produced|n", "Dead letters|n", "Replayed|n"], topic_rows)}
-{_table(["Group", "Topic", "Consumed|n"], consume_rows) if consume_rows else ""}
+{_table(["Topic", "Messages|no", "Produced|n", "Dead letters|n", "Replayed|no"], topic_rows)}
+{
+        "<h3>Consumed by group</h3>" + _table(["Group", "Topic", "Consumed|n"], consume_rows)
+        if consume_rows
+        else ""
+    }
 <h2>Workers</h2>
 {
-        _table(["Worker", "Kind", "Health", "Heartbeat|n", "Started (UTC)"], worker_rows)
+        _table(["Worker", "Kind|o", "Health", "Heartbeat|n", "Started (UTC)|o"], worker_rows)
         if worker_rows
         else "<p>No worker has registered yet (workers register in ops_workers).</p>"
     }
 <h2>Lag per partition</h2>
 {
         _table(
-            ["Group", "Topic", "Part|n", "Committed|n", "End|n", "Lag|n", "Seconds|n"], part_rows
+            ["Group", "Topic", "Part|n", "Committed|no", "End|no", "Lag|n", "Seconds|n"],
+            part_rows,
         )
         if part_rows
         else "<p>—</p>"
@@ -353,10 +362,18 @@ updated {escape(data["generated_at"][:19].replace("T", " "))} UTC
 
 
 def _table(headers: list[str], rows: list[str]) -> str:
-    head = "".join(
-        f'<th class="n">{escape(h[:-2])}</th>' if h.endswith("|n") else f"<th>{escape(h)}</th>"
-        for h in headers
-    )
+    """Headers: ``"Title"``, ``"Title|n"`` (numeric), ``|o``/``|no`` (hidden on phones)."""
+
+    def th(h: str) -> str:
+        title, _, flags = h.partition("|")
+        classes = " ".join(c for c, f in (("n", "n"), ("opt", "o")) if f in flags)
+        return (
+            f'<th class="{classes}">{escape(title)}</th>'
+            if classes
+            else f"<th>{escape(title)}</th>"
+        )
+
+    head = "".join(th(h) for h in headers)
     return (
         f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
         f"<tbody>{''.join(rows)}</tbody></table></div>"
