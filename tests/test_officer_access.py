@@ -27,6 +27,7 @@ from tests.test_officer_support import (
     WARD_CENTRE,
     WARD_EAST,
     TestServer,
+    delete_topics,
     officer_settings,
     seed,
     served,
@@ -45,6 +46,7 @@ async def env(isolated_settings: Settings) -> AsyncIterator[Env]:
     async with served(settings) as server:
         yield server, settings, accounts, pool
     await pool.close()
+    await delete_topics(settings)
 
 
 def setup_body(ward: str, name: str = "Summer door-knock") -> dict[str, Any]:

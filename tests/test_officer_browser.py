@@ -28,6 +28,7 @@ from tests.test_officer_support import (
     PASSWORD,
     WARD_CENTRE,
     WARD_EAST,
+    delete_topics,
     officer_settings,
     seed,
     served,
@@ -66,6 +67,7 @@ async def browser_page(isolated_settings: Settings) -> AsyncIterator[tuple[Any, 
             yield page, str(server.make_url("")).rstrip("/"), server.app
         finally:
             await browser.close()
+    await delete_topics(settings)
 
 
 async def publish_alert(settings: Settings, ward: str, cell: str, message: str) -> None:

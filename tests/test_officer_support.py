@@ -181,6 +181,21 @@ async def seed(settings: Settings) -> dict[str, Account]:
         await conn.close()
 
 
+async def delete_topics(settings: Settings) -> None:
+    """Drop a test's own topics: the test broker has a file-descriptor budget, and thousands of
+    leftover test partitions once stopped it from starting."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    await admin.start()
+    try:
+        names = [t for t in await admin.list_topics() if t.startswith(settings.topic_prefix)]
+        if names and settings.topic_prefix.startswith("t"):
+            await admin.delete_topics(names)
+    finally:
+        await admin.close()
+
+
 def officer_settings(settings: Settings, **overrides: Any) -> Settings:
     return dataclasses.replace(web_settings(settings), cookie_secure=False, **overrides)
 
