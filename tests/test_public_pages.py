@@ -189,6 +189,12 @@ async def test_form_errors_name_each_field_in_page_order(site: Site) -> None:
     assert "Enter your mobile number, or untick" in page
     assert "Enter a full UK postcode" in page
     assert "Tick the box to say you agree" in page
+    # A well-formed but unknown postcode is reported together with the other errors.
+    status, page = await post_form(
+        site.client, "/register", registration_fields(email="x", postcode="ZZ9 9ZZ")
+    )
+    assert status == 422
+    assert re.findall(r'<li><a href="#([a-z_]+)">', page) == ["email", "postcode"]
 
 
 async def test_real_postcode_without_coordinates_is_accepted_and_flagged(site: Site) -> None:

@@ -22,12 +22,22 @@ from aiohttp import web
 from api.context import RESOURCES
 from api.public import audit
 from api.public.links import check_link
-from api.public.manage import AGAIN, current_settings
+from api.public.manage import AGAIN, CHANNEL_LABELS, KIND_LABELS, current_settings
 from api.public.render import SECURITY_HEADERS, link_refused, page
 from api.public.state import public_state
 from consumers.notifications.tokens import TokenRefused, TokenStatus
 from identity.vault import IdentityVault, KeyShredded
 from schemas.common import EncryptedField
+
+#: Words for the codes the data copy shows (the JSON download keeps the codes).
+LABELS: dict[str, str] = {
+    **CHANNEL_LABELS,
+    **{kind: label for kind, (label, _) in KIND_LABELS.items()},
+    "view": "looked at",
+    "export": "downloaded",
+    "erase": "deleted",
+    "preferences": "settings changed",
+}
 
 
 def _plain(value: Any) -> Any:
@@ -151,7 +161,7 @@ async def data_page(request: web.Request) -> web.Response:
     data = await collect(res.pool, res.vault, resident)
     if data is None:
         return link_refused(request, TokenStatus.UNKNOWN, AGAIN)
-    return page(request, "mydata.html", token=request.match_info["token"], data=data)
+    return page(request, "mydata.html", token=request.match_info["token"], data=data, labels=LABELS)
 
 
 async def data_export(request: web.Request) -> web.Response:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 from aiohttp import web
 from pydantic import ValidationError
 
@@ -34,7 +35,9 @@ from producers.intake import (
     PublishFailed,
     Registration,
     UnknownPostcode,
+    lookup_postcode,
 )
+from schemas.common import normalise_postcode
 
 log = get_logger(__name__)
 
@@ -194,6 +197,14 @@ async def register_form(request: web.Request) -> web.Response:
     return form_page(request, {"channels": [], "community_groups": []}, {})
 
 
+async def _postcode_known(pool: asyncpg.Pool, postcode: str) -> bool:
+    try:
+        await lookup_postcode(pool, normalise_postcode(postcode))
+    except (UnknownPostcode, ValueError):
+        return False
+    return True
+
+
 async def send_confirmation(request: web.Request, resident_id: str, email: str) -> bool:
     """Issue a confirm link and e-mail it; False when the mail server did not take it."""
     settings, state = request.app[SETTINGS], public_state(request)
@@ -237,9 +248,12 @@ async def register_submit(request: web.Request) -> web.Response:
         return csrf_refused(request)
     values = _values(form)
     errors, registration, counted = validate(values)
-    if registration is None:
-        return form_page(request, values, errors, 422)
     res = request.app[RESOURCES]
+    if registration is None:
+        # Report an unknown postcode together with the other errors, not on the next attempt.
+        if "postcode" not in errors and not await _postcode_known(res.pool, values["postcode"]):
+            errors = ordered({**errors, "postcode": UNKNOWN_POSTCODE}, FIELD_ORDER)
+        return form_page(request, values, errors, 422)
     try:
         done = await res.intake.register_resident(registration)
     except UnknownPostcode:

@@ -12,8 +12,10 @@ computer must not keep someone's details or links in its cache).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import jinja2
 from aiohttp import web
@@ -38,14 +40,38 @@ SECURITY_HEADERS: Mapping[str, str] = {
 }
 
 
+#: Times are shown in the force's own time zone, the way people read them.
+LOCAL_ZONE = ZoneInfo("Europe/London")
+
+
+def when(value: str | datetime | None) -> str:
+    """``2026-11-25T22:14:58+00:00`` -> ``25 November 2026 at 10:14pm`` (GOV.UK style)."""
+    if value is None or value == "":
+        return ""
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    local = moment.astimezone(LOCAL_ZONE)
+    hour = local.strftime("%I").lstrip("0") or "12"
+    return f"{local.day} {local:%B %Y} at {hour}:{local:%M}{local:%p}".replace("AM", "am").replace(
+        "PM", "pm"
+    )
+
+
+def lookup(values: list[str], table: Mapping[str, str]) -> list[str]:
+    """Codes to words (``email`` -> ``Email``), unknown codes as they are."""
+    return [table.get(v, v) for v in values]
+
+
 def make_environment() -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    env.filters["when"] = when
+    env.filters["lookup"] = lookup
+    return env
 
 
 def service_name(request: web.Request) -> str:
