@@ -21,6 +21,8 @@ from api.public.links import issue_link
 from api.public.ratelimit import RateLimiter
 from api.public.state import PUBLIC
 from api.public.surveys import issue_wave
+from consumers.notifications.channels import SmtpChannel, SmtpConfig
+from consumers.notifications.retry import Backoff
 from identity.vault import KeyShredded, PersonDetails
 from producers.intake import current_wave
 from schemas.common import SURVEY_PRIORITIES, EncryptedField
@@ -35,6 +37,7 @@ from tests.test_public_support import (  # noqa: F401 - the fixture
     csrf_token,
     database_dump,
     events_on,
+    free_port,
     kafka_dump,
     link_in,
     post_form,
@@ -669,3 +672,33 @@ async def test_data_copy_then_erasure_leaves_nothing_readable(site: Site) -> Non
         )
         == 1
     )
+
+
+async def test_later_calls_invite_only_new_residents_and_bad_waves_are_refused(site: Site) -> None:
+    first = await add_residents(site, 1, WARD, None)
+    one = await surveys.issue_wave_with(site.settings, "2026Q4")
+    assert (one.invited, one.notification_ids) == (1, ["survey-2026Q4-0001"])
+    second = await add_residents(site, 2, WARD, None)
+    two = await surveys.issue_wave_with(site.settings, "2026Q4")
+    assert (two.invited, two.notification_ids) == (2, ["survey-2026Q4-0002"])
+    requests = await events_on(site.settings, NOTIFICATIONS_REQUESTED)
+    requests.sort(key=lambda r: r.notification_id)  # two keys: two partitions, any order
+    assert [sorted(r.audience.resident_ids) for r in requests] == [first, sorted(second)]
+    with pytest.raises(surveys.WaveError):
+        await surveys.issue_wave_with(site.settings, "2026Q5")
+
+
+async def test_sign_up_survives_a_mail_server_outage_and_says_so(site: Site) -> None:
+    dead = SmtpChannel(SmtpConfig("127.0.0.1", free_port()), connections=1, backoff=Backoff(1))
+    site.app[PUBLIC].channels = {"email": dead}
+    email, _, _ = unique_person()
+    _, page = await register(site, email=email)
+    assert "We could not send the email to confirm your address" in text_of(page)
+    assert 'href="/confirm"' in page
+    # The resident asks again once the server is back: a new link arrives.
+    site.app[PUBLIC].channels = site.live_channels
+    status, page = await post_form(site.client, "/confirm", [("email", email)])
+    assert status == 200 and "Check your email" in page
+    [mail] = site.inbox.to(email)
+    assert link_in(mail, "confirm")
+    await dead.close()

@@ -93,6 +93,11 @@ class Site:
     vault: IdentityVault
     inbox: Inbox
 
+    @property
+    def live_channels(self) -> Any:
+        """The app's own message channels (to put back after a test swapped them)."""
+        return self._channels
+
     async def dispatcher(self) -> Dispatcher:
         """The notification worker's dispatcher on the same database and SMTP server."""
         port = int(self.settings.smtp_url.rsplit(":", 1)[1])
@@ -117,6 +122,7 @@ class Site:
         )
 
     _closers: list[Any] = field(default_factory=list)
+    _channels: Any = None
 
 
 async def add_reference_postcodes(pool: asyncpg.Pool) -> None:
@@ -163,6 +169,7 @@ async def site_fixture(isolated_settings: Settings) -> AsyncIterator[Site]:
     await client.start_server()
     vault = IdentityVault(pool, load_master_key(settings.master_key_file))
     s = Site(client, app, settings, pool, vault, inbox)
+    s._channels = app[PUBLIC].channels
     try:
         yield s
     finally:

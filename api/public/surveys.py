@@ -20,7 +20,10 @@ invitations table, with figures about fewer than 10 people suppressed (DESIGN §
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,10 +34,11 @@ from aiokafka import AIOKafkaProducer
 
 from api.public.equality import MIN_PEOPLE
 from consumers.notifications.tokens import redeem_reply_token
-from lpt.kafka import publish
+from lpt.db import create_pool
+from lpt.kafka import make_producer, publish
 from lpt.logs import get_logger
-from lpt.settings import Settings
-from producers.intake import Intake, Published, SurveySubmission
+from lpt.settings import Settings, get_settings
+from producers.intake import Intake, Published, SurveySubmission, current_wave
 from schemas.common import SURVEY_PRIORITIES
 from schemas.envelope import deterministic_id, utcnow
 from schemas.notifications import Audience, NotificationRequested
@@ -318,3 +322,34 @@ async def response_rates(
         else:
             out.append(ResponseRate(r["area"], invited, responded, responded / invited))
     return out
+
+
+async def issue_wave_with(settings: Settings, wave: str) -> WaveIssued:
+    """:func:`issue_wave` with a pool and producer of its own (for the command line)."""
+    pool = await create_pool(settings, min_size=1, max_size=2)
+    producer = make_producer(settings)
+    try:
+        await producer.start()
+        return await issue_wave(pool, producer, settings, wave)
+    finally:
+        await producer.stop()
+        await pool.close()
+
+
+def cli(args: argparse.Namespace) -> int:
+    """Command-line handler: invite everyone registered to a wave (default: this quarter).
+
+    Takes ``args.wave`` when the parser declares it. The notification worker then sends the
+    invitations within each resident's message budget.
+    """
+    wave = getattr(args, "wave", None) or current_wave()
+    try:
+        done = asyncio.run(issue_wave_with(get_settings(), wave))
+    except WaveError as exc:
+        print(f"wave: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"survey wave {done.wave}: {done.invited} residents invited "
+        f"in {len(done.notification_ids)} notification requests"
+    )
+    return 0
