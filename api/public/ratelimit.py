@@ -2,9 +2,10 @@
 
 Why in memory: the web service runs as one process per host and the limits only need to stop
 scripts, not to be exact across a fleet; a sliding window per client address costs a deque of
-timestamps. The client address is aiohttp's ``request.remote`` (behind a reverse proxy, the
-proxy must pass the real address; see the README). Addresses are kept only as long as they
-have recent attempts, and never logged.
+timestamps. The client address is aiohttp's ``request.remote``: behind a reverse proxy every
+client would share the proxy's address, so such a deployment must pass the real address on
+(not handled here yet). Addresses are kept only while they have recent attempts, and never
+logged.
 """
 
 from __future__ import annotations
