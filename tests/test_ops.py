@@ -341,7 +341,12 @@ async def test_workers_register_serve_metrics_and_are_aggregated(ops: Any) -> No
         (row,) = [w for w in overview["workers"] if w["name"] == worker.name]
         assert (row["kind"], row["health"], row["url"]) == ("test-worker", "up", url)
 
-        found = samples(await (await client.get("/metrics")).text())
+        text = await (await client.get("/metrics")).text()
+        series = [ln.rsplit(" ", 1)[0] for ln in text.splitlines() if ln and ln[0] != "#"]
+        assert len(series) == len(set(series))  # no series twice: each says its process
+        types = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")]
+        assert len(types) == len(set(types))  # each family declared once
+        found = samples(text)
         up = {labels["worker"]: v for labels, v in found["lpt_worker_up"]}
         assert up[worker.name] == 1.0
         processes = {labels.get("lpt_process") for labels, _ in found["lpt_kafka_up"]}
