@@ -25,6 +25,7 @@ from api.officer import (
 from api.officer.accounts import AccountStore, Scope
 from api.officer.areas import AreaCache
 from api.officer.auth import LoginThrottle, PasswordBackend, SessionStore
+from api.officer.cache import ShortCache
 from api.officer.demo import seed_demo_accounts
 from api.officer.live import LiveHub
 from api.officer.projection import Projection
@@ -69,6 +70,7 @@ async def officer_ctx(app: web.Application) -> AsyncIterator[None]:
         backend=PasswordBackend(accounts),
         areas=areas,
         live=live,
+        cache=ShortCache(),
     )
     if settings.demo_mode:
         await seed_demo_accounts(accounts)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -35,6 +36,8 @@ log = get_logger(__name__)
 SESSION_LIFETIME = timedelta(hours=12)
 #: Idle sessions end sooner (a phone left on a desk).
 SESSION_IDLE = timedelta(hours=2)
+#: How stale ``last_seen_at`` may get before a request refreshes it.
+TOUCH_EVERY = timedelta(minutes=1)
 #: Failed logins allowed per username, and per client address, in the window.
 MAX_FAILURES_PER_USER = 5
 MAX_FAILURES_PER_CLIENT = 20
@@ -88,8 +91,20 @@ class Session:
 
 
 class SessionStore:
+    """Sessions in PostgreSQL, with a few seconds of in-process memory.
+
+    Every API call needs its session; remembering a lookup for ``CACHE_SECONDS`` spares the
+    database a query per request under load. Logging out in this process forgets at once; a
+    session ended by another process (logout, disabled account) stops working here within
+    ``CACHE_SECONDS``.
+    """
+
+    CACHE_SECONDS = 5.0
+    CACHE_MAX = 10_000
+
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
+        self._recent: dict[bytes, tuple[float, Session]] = {}
 
     async def create(self, account: Account) -> tuple[str, str]:
         """A new session; returns (cookie token, CSRF token)."""
@@ -108,22 +123,47 @@ class SessionStore:
         return token, csrf
 
     async def resolve(self, token: str) -> Session | None:
+        digest = _digest(token)
+        now = time.monotonic()
+        hit = self._recent.get(digest)
+        if hit is not None and now - hit[0] < self.CACHE_SECONDS:
+            return hit[1]
+        session = await self._lookup(digest)
+        if session is None:
+            self._recent.pop(digest, None)
+            return None
+        if len(self._recent) >= self.CACHE_MAX:
+            self._recent.clear()
+        self._recent[digest] = (now, session)
+        return session
+
+    def forget_account(self, account_id: str) -> None:
+        for key in [k for k, (_, s) in self._recent.items() if s.account.account_id == account_id]:
+            del self._recent[key]
+
+    async def _lookup(self, digest: bytes) -> Session | None:
         row = await self.pool.fetchrow(
-            """UPDATE officer_sessions s SET last_seen_at = now()
-               FROM officer_accounts a
-               WHERE s.token_hash = $1 AND a.account_id = s.account_id
-                 AND a.disabled_at IS NULL AND s.expires_at > now()
-                 AND s.last_seen_at > now() - $2::interval
-               RETURNING a.account_id, a.username, a.display_name, a.role, a.team,
-                         a.ward_codes, a.local_authority_codes, a.auth_backend, s.csrf_token""",
-            _digest(token),
+            """SELECT a.account_id, a.username, a.display_name, a.role, a.team,
+                      a.ward_codes, a.local_authority_codes, a.auth_backend, s.csrf_token,
+                      s.last_seen_at < now() - $3::interval AS stale
+               FROM officer_sessions s JOIN officer_accounts a USING (account_id)
+               WHERE s.token_hash = $1 AND a.disabled_at IS NULL AND s.expires_at > now()
+                 AND s.last_seen_at > now() - $2::interval""",
+            digest,
             SESSION_IDLE,
+            TOUCH_EVERY,
         )
         if row is None:
             return None
+        if row["stale"]:
+            # Idle time is kept to the minute: a write per request would cost more than it tells.
+            await self.pool.execute(
+                "UPDATE officer_sessions SET last_seen_at = now() WHERE token_hash = $1", digest
+            )
         return Session(account_from_row(row), row["csrf_token"])
 
     async def revoke(self, token: str) -> None:
+        self._recent.pop(_digest(token), None)
         await self.pool.execute(
             "DELETE FROM officer_sessions WHERE token_hash = $1", _digest(token)
         )

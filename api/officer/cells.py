@@ -9,6 +9,7 @@ Cell outlines are computed here with ``h3.cell_to_boundary`` (GeoJSON wants lng/
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from datetime import date, datetime
 from typing import Any, Literal
 
@@ -124,26 +125,31 @@ async def fetch_rows(
     return [dict(r) for r in rows]
 
 
-async def trend(pool: asyncpg.Pool, level: Level, area_id: str) -> list[dict[str, Any]]:
-    rows = await pool.fetch(
-        """SELECT day, score, rank FROM priority_history
-           WHERE level = $1 AND area_id = $2 ORDER BY day DESC LIMIT $3""",
-        DB_LEVEL[level],
-        area_id,
-        TREND_POINTS,
-    )
-    return [
-        {"date": _iso(r["day"]), "score": r["score"], "rank": r["rank"]} for r in reversed(rows)
-    ]
-
-
 async def cells_in_scope(
     request: web.Request, account: Account, level: Level
 ) -> list[dict[str, Any]]:
+    """Every area of a level inside the account's scope, presented, best rank first."""
     state = officer_state(request)
-    index = await state.areas.get()
-    rows = await fetch_rows(state.pool, level)
-    return [present(r, level) for r in rows if area_in_scope(index, account, level, r)]
+
+    async def build() -> list[dict[str, Any]]:
+        index = await state.areas.get()
+        rows = await fetch_rows(state.pool, level)
+        return [present(r, level) for r in rows if area_in_scope(index, account, level, r)]
+
+    items: list[dict[str, Any]] = await state.cache.get(("items", level, account.scope), build)
+    return items
+
+
+async def cached_json(
+    request: web.Request, key: tuple[Any, ...], build: Callable[[], Awaitable[Any]]
+) -> web.Response:
+    """A JSON answer rendered once per key and cache period (see ``cache.py``)."""
+
+    async def render() -> bytes:
+        return json.dumps(await build(), separators=(",", ":")).encode()
+
+    body: bytes = await officer_state(request).cache.get(("json", *key), render)
+    return web.Response(body=body, content_type="application/json")
 
 
 async def score_of_cells(pool: asyncpg.Pool, cells: list[str]) -> dict[str, tuple[float, int]]:
@@ -162,8 +168,12 @@ async def score_of_cells(pool: asyncpg.Pool, cells: list[str]) -> dict[str, tupl
 async def list_priority(request: web.Request) -> web.Response:
     account = await require(request, READERS)
     level = parse_level(request.query.get("level"))
-    items = await cells_in_scope(request, account, level)
-    return web.json_response({"level": level, "count": len(items), "items": items})
+
+    async def build() -> dict[str, Any]:
+        items = await cells_in_scope(request, account, level)
+        return {"level": level, "count": len(items), "items": items}
+
+    return await cached_json(request, ("list", level, account.scope), build)
 
 
 async def get_area(request: web.Request) -> web.Response:
@@ -176,22 +186,33 @@ async def get_area(request: web.Request) -> web.Response:
 async def area_detail(
     request: web.Request, account: Account, level: Level, area_id: str
 ) -> dict[str, Any]:
+    """One area with its trend (one query: the row and its last snapshots together)."""
     state = officer_state(request)
     if level in H3_LEVELS and (
         not h3.is_valid_cell(area_id) or str(h3.get_resolution(area_id)) != level
     ):
         raise HTTPProblem(422, f"not an H3 cell of resolution {level}", "area_id")
-    rows = await fetch_rows(state.pool, level, [area_id])
-    if not rows:
+    found = await state.pool.fetchrow(
+        """SELECT a.*, (
+               SELECT COALESCE(json_agg(json_build_object('date', h.day, 'score', h.score,
+                                                          'rank', h.rank) ORDER BY h.day), '[]')
+               FROM (SELECT day, score, rank FROM priority_history
+                     WHERE level = a.level AND area_id = a.area_id
+                     ORDER BY day DESC LIMIT $3) h) AS trend_points
+           FROM priority_areas a WHERE a.level = $1 AND a.area_id = $2""",
+        DB_LEVEL[level],
+        area_id,
+        TREND_POINTS,
+    )
+    index = await state.areas.get()
+    if found is None:
         # A cell with no row yet: still scope-checked, so a 404 never leaks outside the scope.
-        forbid_out_of_scope(
-            area_in_scope(await state.areas.get(), account, level, {"area_id": area_id})
-        )
+        forbid_out_of_scope(area_in_scope(index, account, level, {"area_id": area_id}))
         raise HTTPProblem(404, "no priority figures for this area yet", "area_id")
-    row = rows[0]
-    forbid_out_of_scope(area_in_scope(await state.areas.get(), account, level, row))
+    row = dict(found)
+    forbid_out_of_scope(area_in_scope(index, account, level, row))
     detail = present(row, level)
-    detail["trend"] = await trend(state.pool, level, area_id)
+    detail["trend"] = _json(row["trend_points"])
     return detail
 
 
@@ -217,10 +238,12 @@ async def geojson(request: web.Request) -> web.Response:
     level = parse_level(request.query.get("level"))
     if level not in H3_LEVELS:
         raise HTTPProblem(422, "cell outlines exist for levels 9, 8 and 7 only", "level")
-    items = await cells_in_scope(request, account, level)
-    return web.json_response(
-        {"type": "FeatureCollection", "features": [cell_feature(i) for i in items]}
-    )
+
+    async def build() -> dict[str, Any]:
+        items = await cells_in_scope(request, account, level)
+        return {"type": "FeatureCollection", "features": [cell_feature(i) for i in items]}
+
+    return await cached_json(request, ("geojson", level, account.scope), build)
 
 
 def setup(app: web.Application) -> None:

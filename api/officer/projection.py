@@ -35,6 +35,8 @@ from schemas.topics import DOORKNOCKS, RESIDENTS, SETUPS, SURVEYS
 log = get_logger(__name__)
 
 BATCH = 2000
+#: Decoding is CPU work in the web service's event loop: step aside this often.
+YIELD_EVERY = 100
 _DOOR_RE = re.compile(r"[^a-z0-9]+")
 
 
@@ -181,8 +183,12 @@ class Projection:
                 if not batches:
                     continue
                 events: list[Envelope] = []
+                decoded = 0
                 for tp, records in batches.items():
                     for r in records:
+                        decoded += 1
+                        if decoded % YIELD_EVERY == 0:
+                            await asyncio.sleep(0)  # let the HTTP requests in between
                         try:
                             events.append(decode(r.value or b""))
                         except (InvalidEvent, ValidationError, ValueError) as exc:

@@ -136,7 +136,9 @@ async def create_account_handler(request: web.Request) -> web.Response:
 
 async def disable_account_handler(request: web.Request) -> web.Response:
     await require(request, ADMINS)
-    done = await officer_state(request).accounts.disable(request.match_info["account_id"])
+    state = officer_state(request)
+    done = await state.accounts.disable(request.match_info["account_id"])
+    state.sessions.forget_account(request.match_info["account_id"])
     if not done:
         raise HTTPProblem(404, "no such active account", "account_id")
     return web.json_response({"disabled": True})

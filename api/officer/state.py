@@ -10,6 +10,7 @@ from aiohttp import web
 from api.officer.accounts import AccountStore
 from api.officer.areas import AreaCache
 from api.officer.auth import AuthBackend, LoginThrottle, SessionStore
+from api.officer.cache import ShortCache
 from api.officer.live import LiveHub
 from lpt.settings import Settings
 
@@ -24,6 +25,7 @@ class OfficerState:
     backend: AuthBackend
     areas: AreaCache
     live: LiveHub
+    cache: ShortCache
 
 
 OFFICER = web.AppKey("officer", OfficerState)
