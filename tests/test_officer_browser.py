@@ -123,6 +123,7 @@ async def test_officer_journey_in_chromium(browser_page: tuple[Any, str, Any]) -
     assert "Crime harm of 1,234 harm-days" in listing
     assert "Burglary within about 400 m" in listing
     assert EAST_CELL not in listing  # outside this supervisor's authority
+    await page.screenshot(path="/tmp/officer_list_360.png", full_page=True)
     await page.click(f"a[href='/officer/cells/9/{CENTRE_CELL}']")
     assert "2025-06-01" in await page.locator("table.trend").inner_text()
 
@@ -146,6 +147,7 @@ async def test_officer_journey_in_chromium(browser_page: tuple[Any, str, Any]) -
     await first.locator("select[name=outcome]").select_option("spoke")
     await first.locator("form.knock button[type=submit]").click()
     await page.wait_for_selector("text=Knock recorded at")
+    await page.screenshot(path="/tmp/officer_doors_360.png", full_page=True)
 
     # An alert published on officer.alerts arrives in the open page, filtered by area.
     await asyncio.wait_for(app[OFFICER].live.ready.wait(), 15)

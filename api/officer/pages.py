@@ -56,6 +56,10 @@ TEMPLATES = Path(__file__).with_name("templates")
 LOGIN_CSRF_COOKIE = "lpt_login_csrf"
 HULL_BOUNDARY = PROJECT_ROOT / "lpt" / "data" / "hull_local_authority.geojson"
 
+#: The knock form's outcomes, most common first (the first is preselected).
+KNOCK_FORM_OUTCOMES = ("spoke", "registered", "leaflet_left", "no_answer", "declined")
+assert set(KNOCK_FORM_OUTCOMES) == set(DOOR_KNOCK_OUTCOMES)
+
 _ENV = jinja2.Environment(
     loader=jinja2.FileSystemLoader(TEMPLATES),
     autoescape=True,
@@ -393,7 +397,7 @@ async def doors_page(request: web.Request) -> web.Response:
         account,
         setup=setup,
         doors=doors,
-        outcomes=DOOR_KNOCK_OUTCOMES,
+        outcomes=KNOCK_FORM_OUTCOMES,
         archived=setup["archived_at"] is not None,
     )
 

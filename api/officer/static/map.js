@@ -3,7 +3,11 @@
 (function () {
   "use strict";
   var el = document.getElementById("map");
-  if (!el || !window.L) { return; }
+  if (!el) { return; }
+  if (!window.L) {
+    el.textContent = "The map library is not available here: the list view has the same information.";
+    return;
+  }
   var level = el.getAttribute("data-level") || "9";
   var tiles = el.getAttribute("data-tiles");
   var detail = document.getElementById("detail");
@@ -26,7 +30,7 @@
   function showDetail(d) {
     detail.textContent = "";
     var art = el2("article"); art.className = "area"; art.id = "cell-detail";
-    var h = el2("h3"); var a = el2("a", "Cell " + d.id);
+    var h = el2("h3"); var a = el2("a", d.streets.length ? d.streets[0] : "Cell " + d.id);
     a.href = "/officer/cells/" + d.level + "/" + d.id; h.appendChild(a); art.appendChild(h);
     art.appendChild(el2("p", "Rank " + (d.rank || "–") + (d.ranked_of ? " of " + d.ranked_of : "") +
       " · score " + (d.score || 0).toFixed(2) + (d.as_of ? " · as of " + d.as_of.slice(0, 10) : "")));

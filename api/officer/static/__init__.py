@@ -1,0 +1,1 @@
+"""Package marker so setuptools ships these files (package-data) in a non-editable install."""
