@@ -182,16 +182,25 @@ async def test_projection_counts_events_from_other_sources(env: Env) -> None:
             location=centre,
             confidence=4,
         )
-        await send(settings, [knock, knock, registration, survey])  # the knock twice
+        not_in = DoorKnocked(
+            occurred_at=utcnow(),
+            source="force-a",
+            officer_id="gateway-officer-1",
+            postcode="HU1 1DB",
+            address_ref="3",
+            location=Location(lat=53.74360, lng=-0.33365),
+            outcome="no_answer",
+        )
+        await send(settings, [knock, knock, registration, survey, not_in])  # the knock twice
         pool = await asyncpg.create_pool(settings.dsn, min_size=1, max_size=1)
         try:
             for _ in range(100):
                 n = await pool.fetchval("SELECT count(*) FROM officer_area_activity")
                 k = await pool.fetchval("SELECT count(*) FROM officer_doorknocks")
-                if n == 2 and k == 1:
+                if n == 2 and k == 2:
                     break
                 await asyncio.sleep(0.1)
-            assert (n, k) == (2, 1)  # duplicates counted once
+            assert (n, k) == (2, 2)  # duplicates counted once
         finally:
             await pool.close()
         report = await (await sup.get(f"/api/v1/setups/{sid}/report")).json()
@@ -201,6 +210,7 @@ async def test_projection_counts_events_from_other_sources(env: Env) -> None:
         doors = await (await sup.get(f"/api/v1/setups/{sid}/doors?revisit=1")).json()
         by_pc = {i["postcode"]: i for i in doors["items"]}
         assert by_pc["HU1 1AA"]["hidden"] == {"declined": 1}  # a refusal stands, even on revisit
+        assert by_pc["HU1 1DB"]["hidden"] == {"not_in_today": 1}  # no answer today, any source
 
 
 async def test_demo_accounts_only_in_demo_mode(isolated_settings: Settings) -> None:

@@ -114,11 +114,17 @@ async def door_list(
         online = door_key(str(r["address"]).split(",")[0])
         if online:
             registered.add((r["postcode"], online))
+    # "Not in" today: marked in the app, or a no-answer knock today from any source.
     not_in = {
         (r["postcode"], r["door_key"])
         for r in await pool.fetch(
-            "SELECT postcode, door_key FROM officer_not_in WHERE day = $1 "
-            "AND postcode = ANY($2::text[])",
+            """SELECT postcode, door_key FROM officer_not_in
+               WHERE day = $1 AND postcode = ANY($2::text[])
+               UNION
+               SELECT postcode, door_key FROM officer_doorknocks
+               WHERE outcome = 'no_answer' AND door_key IS NOT NULL
+                 AND postcode = ANY($2::text[])
+                 AND (occurred_at AT TIME ZONE 'Europe/London')::date = $1""",
             today,
             codes,
         )
@@ -193,19 +199,19 @@ async def record_knock(request: web.Request, account: Account, knock: KnockIn) -
         setup = await load_setup(request, account, knock.setup_id)
         if setup["archived_at"] is not None:
             raise HTTPProblem(409, "this set-up is archived and read-only", "setup_id")
+    occurred = knock.occurred_at or utcnow()  # the event's time and the projection's agree
     report = DoorKnockReport(
         officer_id=account.account_id,
         postcode=postcode,
         outcome=knock.outcome,
         address_ref=knock.address_ref,
         setup_id=knock.setup_id,
-        occurred_at=knock.occurred_at,
+        occurred_at=occurred,
     )
     try:
         done = await request.app[RESOURCES].intake.record_door_knock(report)
     except IntakeError as exc:
         raise HTTPProblem(exc.status, exc.message, exc.field) from None
-    occurred = knock.occurred_at or utcnow()
     key = door_key(knock.address_ref)
     await state.pool.execute(
         """INSERT INTO officer_doorknocks (event_id, occurred_at, officer_id, postcode,

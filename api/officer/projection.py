@@ -74,13 +74,15 @@ async def apply_setup(conn: asyncpg.Connection | asyncpg.Pool, event: Envelope) 
             event.event_id,
         )
     elif isinstance(event, SetupUpdated):
-        # Updates to an archived set-up are ignored: archived means read-only.
+        # Updates to an archived set-up are ignored: archived means read-only. An update older
+        # (in event time) than the state it would overwrite is a replay: skipped.
         await conn.execute(
             """UPDATE officer_setups SET name = COALESCE($2, name), goal = COALESCE($3, goal),
                    ends_on = COALESCE($4, ends_on),
                    revisit_registered = COALESCE($5, revisit_registered),
                    updated_at = $6, last_event_id = $7
-               WHERE setup_id = $1 AND archived_at IS NULL AND last_event_id <> $7""",
+               WHERE setup_id = $1 AND archived_at IS NULL AND last_event_id <> $7
+                 AND updated_at <= $6""",
             event.setup_id,
             event.name,
             event.goal,
