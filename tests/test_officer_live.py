@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from api.officer.demo import DEMO_ACCOUNTS, DEMO_PASSWORD
+from api.officer.demo import DEMO_ACCOUNTS, DEMO_CONTACTS, DEMO_PASSWORD
 from api.officer.state import OFFICER
 from lpt.kafka import make_producer, publish
 from lpt.settings import Settings
@@ -220,6 +220,7 @@ async def test_demo_accounts_only_in_demo_mode(isolated_settings: Settings) -> N
     pool = await asyncpg.create_pool(plain.dsn, min_size=1, max_size=1)
     try:
         assert await pool.fetchval("SELECT count(*) FROM officer_accounts") == 0
+        assert await pool.fetchval("SELECT count(*) FROM identity_contacts") == 0
         demo = officer_settings(isolated_settings, demo_mode=True)
         async with served(demo) as server:
             for username, _, role, *_ in DEMO_ACCOUNTS:
@@ -228,6 +229,7 @@ async def test_demo_accounts_only_in_demo_mode(isolated_settings: Settings) -> N
         rows = await pool.fetch("SELECT role, demo FROM officer_accounts")
         assert sorted(r["role"] for r in rows) == sorted(r[2] for r in DEMO_ACCOUNTS)
         assert all(r["demo"] for r in rows)
+        assert await pool.fetchval("SELECT count(*) FROM identity_contacts") == len(DEMO_CONTACTS)
     finally:
         await pool.close()
         await delete_topics(plain)

@@ -30,6 +30,35 @@ DEMO_ACCOUNTS: tuple[tuple[str, str, Role, str | None, tuple[str, ...], tuple[st
 )
 
 
+#: Fictional key contacts (example.org addresses, Ofcom drama numbers) so the contacts page
+#: has something to show: one in the Hull centre ward, one in the East Riding.
+DEMO_CONTACTS = (
+    ("kc-demo-hull", "key_contact", "Sam Example", "Old Town Residents' Association",
+     "sam@example.org", "07700 900101", "E05001677", HULL),
+    ("kc-demo-east", "advisory_group", "Alex Sample", "Independent Advisory Group",
+     "alex@example.org", "07700 900102", "E05001701", EAST_RIDING),
+)  # fmt: skip
+
+
+async def seed_demo_contacts(accounts: AccountStore) -> None:
+    for contact_id, kind, name, org, email, phone, ward, la in DEMO_CONTACTS:
+        await accounts.pool.execute(
+            """INSERT INTO identity_contacts (contact_id, kind, name, organisation, email, phone,
+                   ward_code, local_authority_code, consent_given_at, consent_note, created_by)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now(), 'demo data (fictional person)',
+                       'demo')
+               ON CONFLICT (contact_id) DO NOTHING""",
+            contact_id,
+            kind,
+            name,
+            org,
+            email,
+            phone,
+            ward,
+            la,
+        )
+
+
 async def seed_demo_accounts(accounts: AccountStore) -> int:
     created = 0
     for username, name, role, team, wards, las in DEMO_ACCOUNTS:
@@ -51,6 +80,7 @@ async def seed_demo_accounts(accounts: AccountStore) -> int:
             demo=True,
         )
         created += 1
+    await seed_demo_contacts(accounts)
     if created:
         log.warning(
             "officer.demo_accounts_seeded", count=created, hint="LPT_DEMO=1: local use only"
