@@ -372,6 +372,12 @@ async def test_setup_lifecycle_knocks_and_feedback_publish_events(env: Env) -> N
         report = await (await sup.get(f"/api/v1/setups/{sid}/report")).json()
         assert report["archived"] is True
         assert report["progress"]["doors_knocked"]["done"] == 2
+        activity = await (await sup.get("/api/v1/reports/activity?by=day")).json()
+        outcome = next(o for o in activity["setups"] if o["setup_id"] == sid)
+        assert outcome["archived"] is True
+        assert outcome["doors_knocked"] == {"done": 2, "target": 100, "percent": 2.0}
+        teams = {r["team"] for r in activity["rows"] if r["knocks"]}
+        assert teams == {"Hull Central"}  # the officer's knocks, counted for the officer's team
 
     setup_events = [decode(r.value) for r in await read_all(settings, SETUPS, 2)]
     assert [type(e) for e in setup_events] == [SetupCreated, SetupArchived]

@@ -278,6 +278,9 @@ async def test_html_forms_need_the_csrf_token(env: Env) -> None:
         assert resp.headers["Location"].startswith("/officer/setups/su-")
         page = await sup.get("/officer/list?level=ward")
         assert page.status == 200
+        page = await sup.get("/officer/reports")
+        assert page.status == 200
+        assert "Forged" in await page.text()  # the set-up's outcome row
         assert "Content-Security-Policy" in page.headers
     async with session_for(server, None) as anon:
         resp = await anon.get("/officer/setups", allow_redirects=False)

@@ -437,6 +437,7 @@ async def reports_page(request: web.Request) -> web.Response:
         "reports.html",
         account,
         rows=rows,
+        setups=await reports.setup_outcomes(request, account),
         start=start.isoformat(),
         end=end.isoformat(),
         bucket=bucket,

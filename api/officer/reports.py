@@ -22,7 +22,7 @@ from api.http import HTTPProblem
 from api.officer import audit
 from api.officer.access import READERS, REPORTERS, require
 from api.officer.accounts import Account
-from api.officer.setups import _targets, load_setup
+from api.officer.setups import _targets, load_setup, setups_for
 from api.officer.state import officer_state
 from schemas.envelope import utcnow
 
@@ -262,6 +262,27 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+MAX_SETUP_OUTCOMES = 50
+
+
+async def setup_outcomes(request: web.Request, account: Account) -> list[dict[str, Any]]:
+    """Each set-up in scope (live first, then archived) with its results against targets."""
+    out = []
+    for s in (await setups_for(request, account))[:MAX_SETUP_OUTCOMES]:
+        report = await setup_report(request, account, s["setup_id"])
+        out.append(
+            {
+                "setup_id": s["setup_id"],
+                "name": s["name"],
+                "archived": s["archived"],
+                "starts_on": s["starts_on"],
+                "ends_on": s["ends_on"],
+                **{k: v for k, v in report["progress"].items()},
+            }
+        )
+    return out
+
+
 # -- handlers ---------------------------------------------------------------------------------
 
 
@@ -295,7 +316,13 @@ async def activity_handler(request: web.Request) -> web.Response:
             },
         )
     return web.json_response(
-        {"from": start.isoformat(), "to": end.isoformat(), "by": bucket, "rows": rows}
+        {
+            "from": start.isoformat(),
+            "to": end.isoformat(),
+            "by": bucket,
+            "rows": rows,
+            "setups": await setup_outcomes(request, account),
+        }
     )
 
 
