@@ -7,6 +7,7 @@ about places and activities, never about individuals.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,9 +29,14 @@ def _pct(x: float) -> str:
     return f"{round(100 * x)}%"
 
 
+def _floor_pct(x: float) -> str:
+    """ "Higher than 99%" must not be rounded up to a claim about every area."""
+    return f"{math.floor(100 * x + 1e-9)}%"
+
+
 def reason_text(component: str, view: ComponentView) -> str:
     d = view.detail
-    higher = f"higher than {_pct(view.percentile)} of the force's areas"
+    higher = f"higher than {_floor_pct(view.percentile)} of the force's areas"
     raw = view.raw or 0.0
     if component == "harm":
         top = d.get("top_type")

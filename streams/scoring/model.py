@@ -90,13 +90,16 @@ class LevelTable:
     rank: IntArray
     top_cutoff: int
     members: list[list[int]] = field(default_factory=list)  # res-9 indices (aggregates)
+    _index: dict[str, int] | None = None
 
     @property
     def in_top(self) -> npt.NDArray[np.bool_]:
         return np.asarray(self.rank <= self.top_cutoff)
 
     def index(self) -> dict[str, int]:
-        return {a: i for i, a in enumerate(self.ids)}
+        if self._index is None:
+            self._index = {a: i for i, a in enumerate(self.ids)}
+        return self._index
 
 
 @dataclass

@@ -1,0 +1,245 @@
+"""The stream worker: a faust-streaming app that turns the input topics into live priority tables.
+
+Topology (all internal topics are named after the app id, so a second app id rebuilds
+everything side by side by replaying the inputs):
+
+    crime.incidents ┐                       entities            deltas              summaries
+    residents.*     ├─ input agents ──> (by entity) ─ ledger ─> (by cell) ─ cells ─> (1 part.) ─ scorer
+    surveys.answers │  decode/validate      dedupe, versions,     res-9 cell          ranks, reasons,
+    doorknocks.*    ┘  dead letters         retractions, NR ring  states (table)      PostgreSQL,
+                                            (tables)                                  priority.changed,
+                                                                                      officer.alerts
+
+The consumer group is the app id (``LPT_STREAM_APP_ID``, default ``<topic prefix>streams``).
+Tables are changelog-backed RocksDB stores (rocksdict) under ``$LPT_HOME/streams``; each worker
+process on a host takes its own slot directory (a file lock), so several workers can share a
+machine and a restarted worker finds its state again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fcntl
+import json
+import os
+import signal
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import faust
+
+from lpt.kafka import dead_letter_topic_name, ensure_topics, topic_name
+from lpt.logs import get_logger
+from lpt.settings import Settings, get_settings
+from schemas.envelope import Envelope
+from schemas.registry import encode
+from schemas.topics import (
+    CRIME,
+    DOORKNOCKS,
+    OFFICER_ALERTS,
+    PRIORITY_CHANGED,
+    RESIDENTS,
+    SURVEYS,
+    event_key,
+    topic_for,
+)
+from streams.faustio import send_all, table_put
+from streams.scorer import Scorer
+from streams.stages import CellStage, InputStage, LedgerStage
+
+log = get_logger(__name__)
+
+INPUT_SPECS = (CRIME, RESIDENTS, SURVEYS, DOORKNOCKS)
+#: Messages per batch and the longest wait for a batch to fill (seconds). Input messages are
+#: single events; internal messages carry hundreds of items each.
+INPUT_BATCH, INTERNAL_BATCH, SUMMARY_BATCH = 5000, 200, 200
+WITHIN = 0.05
+
+
+def app_id(settings: Settings) -> str:
+    return settings.stream_app_id or f"{settings.topic_prefix}streams"
+
+
+def internal_topics(settings: Settings) -> dict[str, str]:
+    base = app_id(settings)
+    return {name: f"{base}-{name}" for name in ("entities", "deltas", "summaries")}
+
+
+def _take_slot(root: Path) -> tuple[Path, TextIO]:
+    """The first free slot directory under ``root`` (held by an flock for our lifetime)."""
+    root.mkdir(parents=True, exist_ok=True)
+    slot = 0
+    while True:
+        path = root / f"slot-{slot}"
+        path.mkdir(exist_ok=True)
+        handle = open(path / "lock", "w")  # noqa: SIM115 - held open until the process exits
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            slot += 1
+            continue
+        return path, handle
+
+
+def create_app(settings: Settings, datadir: Path | None = None) -> tuple[faust.App, Scorer]:
+    """The Faust app and its scorer (exposed for tests and the benchmark)."""
+    ident = app_id(settings)
+    partitions = settings.topic_partitions
+    app = faust.App(
+        ident,
+        broker=f"kafka://{settings.bootstrap_servers}",
+        store="rocksdb://",
+        datadir=str(datadir or settings.home / "streams" / ident),
+        topic_partitions=partitions,
+        topic_replication_factor=1,
+        table_standby_replicas=0,
+        web_enabled=False,
+        broker_commit_interval=0.5,
+        consumer_auto_offset_reset="earliest",
+        producer_max_request_size=4 * 1024 * 1024,
+        producer_linger_ms=2,
+        stream_buffer_maxsize=INPUT_BATCH * 2,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+
+    def raw() -> Any:
+        # A fresh Schema each time: a Table rewrites the serializers of the Schema it is given,
+        # so a shared instance silently turns every topic's keys into JSON (decode errors).
+        return faust.Schema(
+            key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+        )
+
+    names = internal_topics(settings)
+    entities = app.topic(names["entities"], schema=raw(), partitions=partitions, internal=True)
+    deltas = app.topic(names["deltas"], schema=raw(), partitions=partitions, internal=True)
+    summaries = app.topic(names["summaries"], schema=raw(), partitions=1, internal=True)
+    outputs = {
+        spec.name: app.topic(topic_name(spec, settings), schema=raw())
+        for spec in (PRIORITY_CHANGED, OFFICER_ALERTS)
+    }
+
+    def table(name: str, n: int) -> Any:
+        return app.Table(name, key_type=bytes, value_type=bytes, partitions=n, help=name)
+
+    ledgers = {name: table(name, partitions) for name in ("incidents", "residents", "addresses")}
+    cells = table("cells", partitions)
+    scorer_cells = table("scorer_cells", 1)
+
+    async def publish(events: Sequence[Envelope]) -> None:
+        pending = []
+        for event in events:
+            topic = outputs[topic_for(event).name]
+            pending.append(await topic.send(key=event_key(event), value=encode(event)))
+        await send_all(pending)
+
+    scorer = Scorer(settings, publish)
+
+    def input_agent(spec: Any) -> None:
+        stage = InputStage(
+            spec,
+            entities,
+            app.topic(dead_letter_topic_name(spec, settings), schema=raw()),
+            partitions,
+            ident,
+        )
+        source = app.topic(topic_name(spec, settings), schema=raw())
+
+        async def consume(stream: Any) -> None:
+            async for events in stream.take_events(INPUT_BATCH, within=WITHIN):
+                await _guard(stage.process(events), f"input {spec.name}")
+
+        app.agent(source, name=f"input-{spec.name}")(consume)
+
+    for spec in INPUT_SPECS:
+        input_agent(spec)
+
+    ledger_stage = LedgerStage(ledgers, deltas, partitions, ident)
+    cell_stage = CellStage(cells, summaries)
+
+    @app.agent(entities, name="ledger")
+    async def ledger(stream: Any) -> None:
+        async for events in stream.take_events(INTERNAL_BATCH, within=WITHIN):
+            await _guard(ledger_stage.process(events), "ledger")
+
+    @app.agent(deltas, name="cells")
+    async def cell_agent(stream: Any) -> None:
+        async for events in stream.take_events(INTERNAL_BATCH, within=WITHIN):
+            await _guard(cell_stage.process(events), "cells")
+
+    @app.agent(summaries, name="scorer")
+    async def score(stream: Any) -> None:
+        async for events in stream.take_events(SUMMARY_BATCH, within=WITHIN):
+            await _guard(_score(events), "scorer")
+
+    async def _score(events: list[Any]) -> None:
+        if not scorer.active:
+            await scorer.activate(_stored(scorer_cells))
+        items: list[tuple[str, int, Any]] = []
+        for ev in events:
+            items.extend((c, q, s) for c, q, s in json.loads(ev.message.value)["s"])
+        await scorer.on_batch(items)
+        latest: dict[str, tuple[int, Any]] = {}
+        for cell, seq, state in items:
+            if seq >= latest.get(cell, (-1, None))[0]:
+                latest[cell] = (seq, state)
+        for cell, (seq, state) in latest.items():
+            table_put(scorer_cells, events[-1], cell, [seq, state])
+
+    async def settle() -> None:
+        await _guard(scorer.tick(), "scorer settle")
+
+    app.timer(interval=0.25)(settle)
+
+    async def on_revoked(app: Any, revoked: Any, **_: Any) -> None:
+        if any(tp.topic == names["summaries"] for tp in revoked):
+            scorer.deactivate()
+
+    def on_shutdown(app: Any, **_: Any) -> None:
+        scorer.deactivate()
+
+    app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
+    app.on_before_shutdown.connect(on_shutdown)  # type: ignore[arg-type]
+
+    return app, scorer
+
+
+def _stored(table: Any) -> list[tuple[str, int, Any]]:
+    out = []
+    for key, raw in table.items():
+        seq, state = json.loads(raw)
+        out.append((key.decode(), seq, state))
+    return out
+
+
+async def _guard(work: Any, what: str) -> None:
+    """An unexpected failure must not let Faust acknowledge (and commit) the batch: log it and
+    stop the process at once, so the batch is processed again after a restart."""
+    try:
+        await work
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("streams.stage_failed", stage=what)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def cli(args: argparse.Namespace) -> int:
+    """``lpt worker``: run one stream worker in the foreground until SIGTERM/SIGINT."""
+    settings = get_settings()
+    asyncio.run(ensure_topics(settings))
+    root = settings.home / "streams" / app_id(settings)
+    datadir, lock = _take_slot(root)
+    app, _ = create_app(settings, datadir)
+    log.info("streams.worker_starting", app_id=app_id(settings), datadir=str(datadir))
+    worker = faust.Worker(app, loglevel="WARN", redirect_stdouts=False, quiet=True)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    finally:
+        lock.close()
+    return 0

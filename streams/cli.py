@@ -1,0 +1,169 @@
+"""``lpt cells`` (the priority table, for analysts and checks) and ``lpt wait-idle``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from lpt.kafka import topic_name
+from lpt.settings import Settings, get_settings
+from schemas.topics import INPUT_TOPICS
+from streams.app import app_id, internal_topics
+
+LEVEL_OF_RES = {9: "res9", 8: "res8", 7: "res7"}
+
+
+async def fetch_cells(settings: Settings, level: str) -> list[dict[str, Any]]:
+    conn = await asyncpg.connect(settings.dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT area_id, score, rank, areas_ranked, in_top, components, reasons, actions,"
+            " streets, counts, survey, engagement, ward_code, local_authority_code, as_of,"
+            " weights_version FROM priority_areas WHERE level = $1 ORDER BY rank",
+            level,
+        )
+    finally:
+        await conn.close()
+    out = []
+    for r in rows:
+        components = json.loads(r["components"])
+        out.append(
+            {
+                "cell": r["area_id"],
+                "score": r["score"],
+                "rank": r["rank"],
+                "cells_ranked": r["areas_ranked"],
+                "in_top": r["in_top"],
+                "components": {k: v["raw"] for k, v in components.items()},
+                "percentiles": {k: v["percentile"] for k, v in components.items()},
+                "reasons": json.loads(r["reasons"]),
+                "actions": json.loads(r["actions"]),
+                "streets": json.loads(r["streets"]),
+                "counts": json.loads(r["counts"]),
+                "survey": json.loads(r["survey"]) if r["survey"] else None,
+                "engagement": json.loads(r["engagement"]),
+                "ward_code": r["ward_code"],
+                "local_authority_code": r["local_authority_code"],
+                "as_of": r["as_of"].isoformat().replace("+00:00", "Z"),
+                "weights_version": r["weights_version"],
+            }
+        )
+    return out
+
+
+def cells(args: argparse.Namespace) -> int:
+    """``lpt cells --res 9 [--json]``: every cell with score, rank, raw components, reasons."""
+    level = LEVEL_OF_RES.get(args.res)
+    if level is None:
+        print(f"--res must be one of {sorted(LEVEL_OF_RES)}", file=sys.stderr)
+        return 2
+    rows = asyncio.run(fetch_cells(get_settings(), level))
+    if args.json:
+        json.dump(rows, sys.stdout, indent=None, separators=(",", ":"))
+        sys.stdout.write("\n")
+        return 0
+    print(f"{'rank':>5} {'cell':16} {'score':>6}  top reason")
+    for r in rows:
+        reason = r["reasons"][0]["text"] if r["reasons"] else ""
+        print(f"{r['rank']:>5} {r['cell']:16} {r['score']:6.3f}  {reason[:90]}")
+    print(f"{len(rows)} cells, as of {rows[0]['as_of'] if rows else '-'}")
+    return 0
+
+
+# --------------------------------------------------------------------------- wait-idle
+
+
+async def group_lag(settings: Settings) -> dict[str, int]:
+    """Messages not yet committed per consumer group of this deployment (topic prefix). The
+    stream group's topics are checked in pipeline order, so "all zero" cannot miss a message
+    moving from one stage to the next during the check."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
+    await admin.start()
+    await consumer.start()
+    try:
+        groups = sorted(
+            g[0] if isinstance(g, tuple) else g.group_id for g in await admin.list_consumer_groups()
+        )
+        stream_group = app_id(settings)
+        mine = [g for g in groups if g.startswith(settings.topic_prefix) or g == stream_group]
+        if stream_group not in mine:
+            mine.append(stream_group)
+        pipeline = [topic_name(t, settings) for t in INPUT_TOPICS] + list(
+            internal_topics(settings).values()
+        )
+        lags: dict[str, int] = {}
+        for group in mine:
+            committed = await admin.list_consumer_group_offsets(group)
+            topics = list(dict.fromkeys(tp.topic for tp in committed))
+            if group == stream_group:
+                topics = [t for t in pipeline if t in set(await admin.list_topics())] + [
+                    t for t in topics if t not in pipeline
+                ]
+            lag = 0
+            for topic in topics:
+                parts = consumer.partitions_for_topic(topic)
+                if parts is None:
+                    await consumer._client.force_metadata_update()
+                    parts = consumer.partitions_for_topic(topic) or set()
+                tps = [TopicPartition(topic, p) for p in sorted(parts)]
+                if not tps:
+                    continue
+                ends = await consumer.end_offsets(tps)
+                starts = await consumer.beginning_offsets(tps)
+                for tp in tps:
+                    meta = committed.get(tp)
+                    done = meta.offset if meta is not None and meta.offset >= 0 else starts[tp]
+                    lag += max(0, ends[tp] - done)
+            lags[group] = lag
+        return lags
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+async def scorer_settled(settings: Settings) -> bool:
+    """True unless the scorer still has deferred rows to write (or has not reported yet while
+    cells exist)."""
+    conn = await asyncpg.connect(settings.dsn)
+    try:
+        row = await conn.fetchrow("SELECT settled FROM priority_status WHERE id = 'scorer'")
+    except asyncpg.UndefinedTableError:
+        return True
+    finally:
+        await conn.close()
+    return row is None or bool(row["settled"])
+
+
+async def wait_until_idle(settings: Settings, timeout: float, poll: float = 0.5) -> bool:
+    deadline = time.monotonic() + timeout
+    quiet_checks = 0
+    while time.monotonic() < deadline:
+        lags = await group_lag(settings)
+        if all(v == 0 for v in lags.values()) and await scorer_settled(settings):
+            quiet_checks += 1
+            if quiet_checks >= 2:
+                return True
+        else:
+            quiet_checks = 0
+        await asyncio.sleep(poll)
+    return False
+
+
+def wait_idle(args: argparse.Namespace) -> int:
+    """``lpt wait-idle [--timeout S]``: 0 once every consumer group has caught up, 1 on timeout."""
+    settings = get_settings()
+    if asyncio.run(wait_until_idle(settings, args.timeout)):
+        print("idle")
+        return 0
+    lags = asyncio.run(group_lag(settings))
+    print("not idle after timeout: " + json.dumps(lags), file=sys.stderr)
+    return 1

@@ -1,0 +1,119 @@
+"""Small adapters between the batch stages and Faust: partition-bound table access, batched
+sends that wait for acknowledgements, and dead letters.
+
+Why ``bound_to``: a Faust table decides a key's store partition and changelog partition from
+the *current event*, a context variable Faust sets only while iterating a stream one event at a
+time. Batches (``take_events``) are processed outside that iteration, so each key is read and
+written with the context bound to an event of the key's own partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import weakref
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import faust
+from faust.streams import _current_event
+
+from lpt.logs import get_logger
+from lpt.metrics import DEAD_LETTERS
+
+log = get_logger(__name__)
+
+#: Largest internal message (bytes); Kafka's default limit is 1 MB.
+MAX_MESSAGE_BYTES = 512 * 1024
+
+
+@contextmanager
+def bound_to(event: Any) -> Iterator[None]:
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+def table_get(table: faust.types.TableT[bytes, bytes], event: Any, key: str) -> Any:
+    """JSON value of ``key`` read in ``event``'s partition (None when absent)."""
+    with bound_to(event):
+        raw = table.get(key.encode())
+    return None if raw is None else json.loads(raw)
+
+
+def table_put(table: faust.types.TableT[bytes, bytes], event: Any, key: str, value: Any) -> None:
+    with bound_to(event):
+        table[key.encode()] = json.dumps(value, separators=(",", ":")).encode()
+
+
+def chunks(parts: Sequence[bytes], limit: int = MAX_MESSAGE_BYTES) -> Iterator[list[bytes]]:
+    """Split already-encoded JSON values into groups whose joined size stays under ``limit``."""
+    group: list[bytes] = []
+    size = 0
+    for part in parts:
+        if group and size + len(part) + 1 > limit:
+            yield group
+            group, size = [], 0
+        group.append(part)
+        size += len(part) + 1
+    if group:
+        yield group
+
+
+def encode_items(items: Sequence[Any]) -> list[bytes]:
+    return [json.dumps(i, separators=(",", ":")).encode() for i in items]
+
+
+async def send_all(pending: list[Any]) -> None:
+    """Wait until every send was acknowledged (raises on a failed send)."""
+    if pending:
+        await asyncio.gather(*pending)
+
+
+async def send_chunked(
+    topic: faust.types.TopicT,
+    partition: int,
+    head: bytes,
+    parts: Sequence[bytes],
+    pending: list[Any],
+) -> None:
+    """Queue ``head + [parts...] + '}'``-style messages: ``head`` opens a JSON object whose last
+    member is the list (e.g. ``b'{"src":"l3","d":'``)."""
+    for group in chunks(parts):
+        value = head + b"[" + b",".join(group) + b"]}"
+        pending.append(await topic.send(value=value, partition=partition))
+
+
+async def dead_letter(
+    topic: faust.types.TopicT,
+    event: Any,
+    reason: str,
+    field: str | None,
+    consumer: str,
+    spec_name: str,
+    pending: list[Any],
+) -> None:
+    """Original key and value byte for byte; the reason and origin in headers (the convention
+    of consumers/notifications/deadletter.py, as Kafka Connect does it)."""
+    msg = event.message
+    headers = [
+        ("dlq.reason", reason[:1000].encode()),
+        ("dlq.field", (field or "").encode()),
+        ("dlq.topic", msg.topic.encode()),
+        ("dlq.partition", str(msg.partition).encode()),
+        ("dlq.offset", str(msg.offset).encode()),
+        ("dlq.consumer", consumer.encode()),
+    ]
+    pending.append(await topic.send(key=msg.key, value=msg.value, headers=headers))
+    DEAD_LETTERS.labels(topic=spec_name, reason=(field or "value")[:40]).inc()
+    log.warning(
+        "streams.dead_letter",
+        topic=msg.topic,
+        partition=msg.partition,
+        offset=msg.offset,
+        field=field,
+        reason=reason[:200],
+    )

@@ -1,0 +1,142 @@
+"""Write-through of the priority tables to PostgreSQL: set-based idempotent upserts.
+
+One statement per batch (``unnest`` of column arrays), so writing thousands of rows is one
+round trip; ``ON CONFLICT ... WHERE as_of <= EXCLUDED.as_of`` makes a re-sent batch (after a
+crash or rebalance) a no-op and keeps a late, older write from a previous owner out.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+_AREA_COLUMNS = (
+    "level", "area_id", "resolution", "score", "rank", "areas_ranked", "in_top", "ward_code",
+    "local_authority_code", "components", "reasons", "actions", "streets", "counts", "survey",
+    "engagement", "extra", "as_of", "weights_version",
+)  # fmt: skip
+_TYPES = {
+    "resolution": "int",
+    "score": "float8",
+    "rank": "int",
+    "areas_ranked": "int",
+    "in_top": "bool",
+    "as_of": "float8",
+}
+_JSON = {"components", "reasons", "actions", "streets", "counts", "survey", "engagement", "extra"}
+_EXTRA_KEYS = ("parents", "context", "name")
+
+
+def _select(columns: Sequence[str]) -> str:
+    out = []
+    for c in columns:
+        if c in _JSON:
+            out.append(f"u.{c}::jsonb")
+        elif c == "as_of":
+            out.append("to_timestamp(u.as_of)")
+        else:
+            out.append(f"u.{c}")
+    return ", ".join(out)
+
+
+def _unnest(columns: Sequence[str]) -> str:
+    args = ", ".join(f"${i + 1}::{_TYPES.get(c, 'text')}[]" for i, c in enumerate(columns))
+    return f"unnest({args}) AS u({', '.join(columns)})"
+
+
+UPSERT_AREAS = f"""
+INSERT INTO priority_areas ({", ".join(_AREA_COLUMNS)}, updated_at)
+SELECT {_select(_AREA_COLUMNS)}, now() FROM {_unnest(_AREA_COLUMNS)}
+ON CONFLICT (level, area_id) DO UPDATE SET
+    {", ".join(f"{c} = EXCLUDED.{c}" for c in _AREA_COLUMNS[2:])}, updated_at = now()
+WHERE priority_areas.as_of <= EXCLUDED.as_of
+"""
+
+_HISTORY_COLUMNS = (
+    "level", "area_id", "score", "rank", "areas_ranked", "in_top", "components", "reasons",
+    "as_of", "weights_version",
+)  # fmt: skip
+UPSERT_HISTORY = f"""
+INSERT INTO priority_history ({", ".join(_HISTORY_COLUMNS)}, day)
+SELECT {_select(_HISTORY_COLUMNS)}, (to_timestamp(u.as_of) AT TIME ZONE 'UTC')::date
+FROM {_unnest(_HISTORY_COLUMNS)}
+ON CONFLICT (level, area_id, day) DO UPDATE SET
+    {", ".join(f"{c} = EXCLUDED.{c}" for c in _HISTORY_COLUMNS[2:])}
+WHERE priority_history.as_of <= EXCLUDED.as_of
+"""
+
+UPSERT_ANNOUNCED = """
+INSERT INTO priority_announced (level, area_id, score, in_top, as_of)
+SELECT u.level, u.area_id, u.score, u.in_top, to_timestamp(u.as_of)
+FROM unnest($1::text[], $2::text[], $3::float8[], $4::bool[], $5::float8[])
+     AS u(level, area_id, score, in_top, as_of)
+ON CONFLICT (level, area_id) DO UPDATE SET
+    score = EXCLUDED.score, in_top = EXCLUDED.in_top, as_of = EXCLUDED.as_of
+WHERE priority_announced.as_of <= EXCLUDED.as_of
+"""
+
+UPSERT_STATUS = """
+INSERT INTO priority_status (id, as_of, settled, cells, updated_at)
+VALUES ('scorer', to_timestamp($1), $2, $3, now())
+ON CONFLICT (id) DO UPDATE SET as_of = EXCLUDED.as_of, settled = EXCLUDED.settled,
+    cells = EXCLUDED.cells, updated_at = now()
+"""
+
+
+def _dumps(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def _column(rows: Sequence[dict[str, Any]], name: str) -> list[Any]:
+    if name == "extra":
+        return [_dumps({k: r[k] for k in _EXTRA_KEYS if k in r}) for r in rows]
+    if name in _JSON:
+        return [_dumps(r[name]) if r[name] is not None else None for r in rows]
+    return [r[name] for r in rows]
+
+
+async def write_rows(conn: asyncpg.Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """Upsert current rows and their snapshot for the day of their ``as_of``."""
+    if not rows:
+        return
+    async with conn.transaction():
+        await conn.execute(UPSERT_AREAS, *[_column(rows, c) for c in _AREA_COLUMNS])
+        await conn.execute(UPSERT_HISTORY, *[_column(rows, c) for c in _HISTORY_COLUMNS])
+
+
+async def write_announced(
+    conn: asyncpg.Connection, announced: Sequence[tuple[str, str, float, bool, float]]
+) -> None:
+    if announced:
+        await conn.execute(UPSERT_ANNOUNCED, *[list(col) for col in zip(*announced, strict=True)])
+
+
+async def write_status(conn: asyncpg.Connection, as_of: float, settled: bool, cells: int) -> None:
+    await conn.execute(UPSERT_STATUS, as_of, settled, cells)
+
+
+async def load_written(
+    conn: asyncpg.Connection,
+) -> dict[tuple[str, str], tuple[float, int, bool, float]]:
+    """(level, area) -> (score, rank, in_top, as_of epoch) of the rows already in the table."""
+    rows = await conn.fetch(
+        "SELECT level, area_id, score, rank, in_top, extract(epoch FROM as_of) AS t"
+        " FROM priority_areas"
+    )
+    return {
+        (r["level"], r["area_id"]): (r["score"], r["rank"], r["in_top"], float(r["t"]))
+        for r in rows
+    }
+
+
+async def load_announced(conn: asyncpg.Connection) -> dict[tuple[str, str], tuple[float, bool]]:
+    rows = await conn.fetch("SELECT level, area_id, score, in_top FROM priority_announced")
+    return {(r["level"], r["area_id"]): (r["score"], r["in_top"]) for r in rows}
+
+
+def epoch_to_iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")

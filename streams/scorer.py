@@ -1,0 +1,399 @@
+"""The scorer: the one place that sees every cell (percentile ranks are force-wide).
+
+It runs on whichever worker owns the single partition of the ``summaries`` topic. Per batch of
+changed cells it re-scores the force at event time ``as_of`` (vectorised, see
+``scoring.model``), announces changes (``priority.changed``) and alerts (``officer.alerts``),
+and writes the rows that changed to PostgreSQL.
+
+Write policy: while input is flowing, a batch writes the areas it touched, areas entering or
+leaving the top, and areas never written; the small rank shifts that every change causes in
+other areas are deferred and written when input pauses (``settled`` in ``priority_status``),
+at least every ``SETTLE_EVERY`` seconds, in chunks so live latency stays low. Each event-time
+day gets a complete snapshot in ``priority_history``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from lpt.logs import get_logger
+from lpt.settings import Settings
+from schemas.envelope import Envelope, deterministic_id
+from schemas.priority import OfficerAlert, PriorityChanged, Reason
+from streams import pg
+from streams.refdata import load_reference_data
+from streams.scoring import decay
+from streams.scoring.cellstate import CellState
+from streams.scoring.config import (
+    ALERT_NEAR_REPEAT_DAYS,
+    ALERT_RECENT_DAYS,
+    DAY,
+    HARM_HALF_LIFE,
+    HARM_SPIKE_MIN_DAYS,
+    HARM_SPIKE_RATIO,
+)
+from streams.scoring.model import H3_LEVELS, LEVELS, PriorityModel, Tables, iso_date
+
+log = get_logger(__name__)
+
+SOURCE = "lpt-streams"
+#: Input pause after which deferred rows are written.
+QUIET_SECONDS = 1.0
+#: Deferred rows are written at least this often while input keeps flowing.
+SETTLE_EVERY = 30.0
+#: Rows per settle step (each step runs between batches).
+SETTLE_CHUNK = 2000
+
+Publish = Callable[[Sequence[Envelope]], Awaitable[None]]
+Summary = tuple[str, int, CellState]
+
+
+class Scorer:
+    def __init__(self, settings: Settings, publish: Publish) -> None:
+        self.settings = settings
+        self.publish = publish
+        self.model: PriorityModel | None = None
+        self.pool: asyncpg.Pool | None = None
+        self.written: dict[tuple[str, str], tuple[float, int, bool, float]] = {}
+        self.announced: dict[tuple[str, str], tuple[float, bool]] = {}
+        self.lock = asyncio.Lock()
+        self.last_batch = 0.0
+        self.last_settle = time.monotonic()
+        self.unsettled = False
+        self.tables: Tables | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.model is not None
+
+    async def _conn_pool(self) -> asyncpg.Pool:
+        if self.pool is None:
+            self.pool = await asyncpg.create_pool(self.settings.dsn, min_size=1, max_size=2)
+            assert self.pool is not None
+        return self.pool
+
+    async def activate(self, stored: Iterable[Summary]) -> None:
+        """Become the scorer: reference data, what PostgreSQL already shows, and the cells'
+        latest states (from the scorer's own table, restored by Faust)."""
+        pool = await self._conn_pool()
+        async with pool.acquire() as conn:
+            reference = await load_reference_data(conn, self.settings)
+            self.written = await pg.load_written(conn)
+            self.announced = await pg.load_announced(conn)
+        model = PriorityModel(reference)
+        n = 0
+        for cell, seq, state in stored:
+            model.merge(cell, seq, state)
+            n += 1
+        self.model = model
+        self.unsettled = True
+        log.info("streams.scorer_active", cells=n, rows=len(self.written))
+
+    def deactivate(self) -> None:
+        self.model = None
+        self.tables = None
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
+            self.pool = None
+
+    # ------------------------------------------------------------------ batches
+
+    async def on_batch(self, summaries: Sequence[Summary]) -> None:
+        async with self.lock:
+            model = self.model
+            assert model is not None, "activate() first"
+            now_wall = time.monotonic()
+            busy = now_wall - self.last_batch < QUIET_SECONDS
+            self.last_batch = now_wall
+            before = {cell: self._before(model, cell) for cell, _, _ in summaries}
+            touched = {cell for cell, seq, state in summaries if model.merge(cell, seq, state)}
+            touched = {c for c in touched if not c.startswith("_")}
+            old_day = iso_date(self.tables.as_of) if self.tables else None
+            tables = model.compute()
+            self.tables = tables
+            alerts = self._alerts(model, tables, touched, before)
+            changed = self._changes(tables)
+            new_day = iso_date(tables.as_of) != old_day
+            if busy and not new_day:
+                rows_wanted = (
+                    self._touched_areas(model, tables, touched)
+                    | {key for key, _ in changed}
+                    | self._never_written(tables)
+                )
+                self.unsettled = True
+            else:
+                rows_wanted = self._differing(tables)
+                self.unsettled = False
+            rows = self._rows(model, tables, rows_wanted)
+            events: list[Envelope] = [*alerts]
+            row_of = {(r["level"], r["area_id"]): r for r in rows}
+            for key, change in changed:
+                events.append(self._change_event(model, tables, key, change, row_of))
+            if events:
+                await self.publish(events)
+            await self._write(rows, tables, [key for key, _ in changed])
+
+    async def tick(self) -> None:
+        """Timer: write deferred rows once input pauses (or at least every SETTLE_EVERY)."""
+        if not self.unsettled or self.model is None or self.tables is None:
+            return
+        quiet = time.monotonic() - self.last_batch >= QUIET_SECONDS
+        overdue = time.monotonic() - self.last_settle >= SETTLE_EVERY
+        if not (quiet or overdue) or self.lock.locked():
+            return
+        async with self.lock:
+            model, tables = self.model, self.tables
+            if model is None or tables is None:
+                return
+            wanted = sorted(self._differing(tables))
+            chunk = set(wanted[:SETTLE_CHUNK])
+            await self._write(self._rows(model, tables, chunk), tables, [])
+            if len(wanted) <= SETTLE_CHUNK:
+                self.unsettled = False
+                self.last_settle = time.monotonic()
+                await self._status(tables, settled=True)
+
+    # ------------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _before(model: PriorityModel, cell: str) -> tuple[list[float] | None, float | None]:
+        state = model.states.get(cell)
+        if state is None:
+            return None, None
+        own = [e[0] for e in state.get("nr") or [] if e[1] == 0]
+        return state.get("h"), max(own) if own else None
+
+    def _alerts(
+        self,
+        model: PriorityModel,
+        tables: Tables,
+        touched: set[str],
+        before: dict[str, tuple[list[float] | None, float | None]],
+    ) -> list[OfficerAlert]:
+        now = tables.as_of
+        res9 = tables.levels["res9"]
+        idx = None
+        alerts: list[OfficerAlert] = []
+        for cell in sorted(touched):
+            state = model.states[cell]
+            old_harm, old_burglary = before.get(cell, (None, None))
+            own = [e[0] for e in state.get("nr") or [] if e[1] == 0]
+            newest = max(own) if own else None
+            if idx is None:
+                idx = res9.index()
+            i = idx[cell]
+            ward, la = model.ward_of[i], model.la_of[i]
+            if (
+                newest is not None
+                and (old_burglary is None or newest > old_burglary)
+                and now - newest <= ALERT_RECENT_DAYS * DAY
+            ):
+                alerts.append(
+                    OfficerAlert(
+                        alert_id=f"nr-{cell}-{int(newest)}",
+                        event_id=deterministic_id("officer.alert", "nr", cell, str(int(newest))),
+                        occurred_at=_dt(newest),
+                        source=SOURCE,
+                        kind="near_repeat",
+                        cell=cell,
+                        ward_code=ward,
+                        local_authority_code=la,
+                        severity="warning",
+                        message=(
+                            f"Burglary on {iso_date(newest)} in this area: raised risk of "
+                            "another within 400 m for two weeks. Short visible patrols and "
+                            "crime-prevention visits nearby are advised."
+                        ),
+                        valid_until=iso_date(newest + ALERT_NEAR_REPEAT_DAYS * DAY),
+                    )
+                )
+            h = state.get("h")
+            if h is None:
+                continue
+            new_value = decay.value_at(h, now, HARM_HALF_LIFE)
+            old_value = decay.value_at(old_harm, now, HARM_HALF_LIFE) if old_harm else 0.0
+            added = new_value - old_value
+            if (
+                added >= HARM_SPIKE_MIN_DAYS
+                and added >= HARM_SPIKE_RATIO * old_value
+                and now - h[1] <= ALERT_RECENT_DAYS * DAY
+            ):
+                day = iso_date(h[1]) or ""
+                alerts.append(
+                    OfficerAlert(
+                        alert_id=f"hs-{cell}-{day}",
+                        event_id=deterministic_id("officer.alert", "hs", cell, day),
+                        occurred_at=_dt(h[1]),
+                        source=SOURCE,
+                        kind="harm_spike",
+                        cell=cell,
+                        ward_code=ward,
+                        local_authority_code=la,
+                        severity="urgent" if added >= 4 * HARM_SPIKE_MIN_DAYS else "warning",
+                        message=(
+                            f"Sudden rise in crime harm here: {added:,.0f} harm-days added on "
+                            f"{day}, against {old_value:,.0f} before."
+                        ),
+                        valid_until=iso_date(h[1] + ALERT_RECENT_DAYS * DAY),
+                    )
+                )
+        return alerts
+
+    def _changes(self, tables: Tables) -> list[tuple[tuple[str, str], str]]:
+        """Areas entering or leaving the top share, or whose score moved more than the
+        configured threshold since it was last announced."""
+        threshold = self.settings.score_change_threshold
+        out: list[tuple[tuple[str, str], str]] = []
+        for level in H3_LEVELS:
+            t = tables.levels[level]
+            top = t.in_top
+            for i, area in enumerate(t.ids):
+                key = (level, area)
+                score, in_top = float(t.score[i]), bool(top[i])
+                prev = self.announced.get(key)
+                if prev is None:
+                    if in_top:
+                        out.append((key, "entered_top"))
+                    else:
+                        self.announced[key] = (score, False)  # baseline, nothing to say
+                    continue
+                if in_top != prev[1]:
+                    out.append((key, "entered_top" if in_top else "left_top"))
+                elif abs(score - prev[0]) > threshold:
+                    out.append((key, "score_moved"))
+        return out
+
+    def _change_event(
+        self,
+        model: PriorityModel,
+        tables: Tables,
+        key: tuple[str, str],
+        change: str,
+        row_of: dict[tuple[str, str], dict[str, Any]],
+    ) -> PriorityChanged:
+        level, area = key
+        row = row_of.get(key) or model.row(tables, level, tables.levels[level].index()[area])
+        prev = self.announced.get(key)
+        self.announced[key] = (row["score"], row["in_top"])
+        return PriorityChanged(
+            event_id=deterministic_id(
+                "priority.changed", level, area, change, repr(tables.as_of), f"{row['score']:.9f}"
+            ),
+            occurred_at=_dt(tables.as_of),
+            source=SOURCE,
+            cell=area,
+            resolution=H3_LEVELS[level],
+            score_before=prev[0] if prev else None,
+            score_after=row["score"],
+            rank=row["rank"],
+            cells_ranked=row["areas_ranked"],
+            change=change,
+            reasons=[Reason(**r) for r in row["reasons"]],
+            ward_code=row["ward_code"],
+            local_authority_code=row["local_authority_code"],
+        )
+
+    def _touched_areas(
+        self, model: PriorityModel, tables: Tables, touched: set[str]
+    ) -> set[tuple[str, str]]:
+        if not touched:
+            return set()
+        out: set[tuple[str, str]] = {("force", model.ref.force_name)}
+        for cell in touched:
+            i = model.index[cell]
+            out.add(("res9", cell))
+            out.add(("res8", model.parent_of[8][i]))
+            out.add(("res7", model.parent_of[7][i]))
+            if model.ward_of[i]:
+                out.add(("ward", model.ward_of[i] or ""))
+            if model.la_of[i]:
+                out.add(("local_authority", model.la_of[i] or ""))
+        return out
+
+    def _never_written(self, tables: Tables) -> set[tuple[str, str]]:
+        return {
+            (level, area)
+            for level in LEVELS
+            for area in tables.levels[level].ids
+            if (level, area) not in self.written
+        }
+
+    def _differing(self, tables: Tables) -> set[tuple[str, str]]:
+        """Every area whose written row is not exactly the current one (or is missing)."""
+        out: set[tuple[str, str]] = set()
+        for level in LEVELS:
+            t = tables.levels[level]
+            top = t.in_top
+            for i, area in enumerate(t.ids):
+                w = self.written.get((level, area))
+                if (
+                    w is None
+                    or w[0] != float(t.score[i])
+                    or w[1] != int(t.rank[i])
+                    or w[2] != bool(top[i])
+                    or not math.isclose(w[3], tables.as_of, abs_tol=1e-3)
+                ):
+                    out.add((level, area))
+        return out
+
+    @staticmethod
+    def _rows(
+        model: PriorityModel, tables: Tables, wanted: set[tuple[str, str]]
+    ) -> list[dict[str, Any]]:
+        rows = []
+        for level in LEVELS:
+            t = tables.levels[level]
+            index = t.index()
+            for lv, area in sorted(k for k in wanted if k[0] == level):
+                i = index.get(area)
+                if i is not None:
+                    rows.append(model.row(tables, lv, i))
+        return rows
+
+    async def _write(
+        self,
+        rows: list[dict[str, Any]],
+        tables: Tables,
+        announced: list[tuple[str, str]],
+    ) -> None:
+        ann = [
+            (level, area, *self.announced[(level, area)], tables.as_of) for level, area in announced
+        ]
+        delay = 0.5
+        while True:
+            try:
+                pool = await self._conn_pool()
+                async with pool.acquire() as conn:
+                    await pg.write_rows(conn, rows)
+                    await pg.write_announced(conn, ann)
+                    await pg.write_status(
+                        conn, tables.as_of, not self.unsettled, len(tables.levels["res9"].ids)
+                    )
+                break
+            except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+                # PostgreSQL is the query side: wait for it, never drop the write.
+                log.warning("streams.pg_retry", error=str(exc)[:200], delay=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        for r in rows:
+            self.written[(r["level"], r["area_id"])] = (
+                r["score"], r["rank"], r["in_top"], r["as_of"],
+            )  # fmt: skip
+
+    async def _status(self, tables: Tables, settled: bool) -> None:
+        pool = await self._conn_pool()
+        async with pool.acquire() as conn:
+            await pg.write_status(conn, tables.as_of, settled, len(tables.levels["res9"].ids))
+
+
+def _dt(t: float) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=t)
