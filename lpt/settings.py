@@ -122,6 +122,12 @@ class Settings:
     stream_workers: int = field(
         metadata={"env": "LPT_STREAM_WORKERS", "doc": "Stream workers started by lpt up"}
     )
+    stream_app_id: str = field(
+        metadata={
+            "env": "LPT_STREAM_APP_ID",
+            "doc": "Stream workers' Faust app id = consumer group; empty = <prefix>streams",
+        }
+    )
     master_key_file: Path = field(
         metadata={
             "env": "LPT_MASTER_KEY_FILE",
@@ -245,6 +251,7 @@ class Settings:
             log_level=_env("LPT_LOG_LEVEL", "info"),
             demo_mode=demo,
             stream_workers=_env_int("LPT_STREAM_WORKERS", 1),
+            stream_app_id=_env("LPT_STREAM_APP_ID", ""),
             master_key_file=Path(_env("LPT_MASTER_KEY_FILE", str(home / "secrets" / "master.key"))),
             score_change_threshold=_env_float("LPT_SCORE_CHANGE_THRESHOLD", 0.1),
             public_url=_env("LPT_PUBLIC_URL", ""),
