@@ -286,3 +286,17 @@ async def test_html_forms_need_the_csrf_token(env: Env) -> None:
         resp = await anon.get("/officer/setups", allow_redirects=False)
         assert resp.status == 303
         assert resp.headers["Location"].startswith("/officer/login")
+
+
+async def test_open_live_streams_end_when_the_server_stops(isolated_settings: Settings) -> None:
+    settings = officer_settings(isolated_settings)
+    await seed(settings)
+    async with served(settings) as server, session_for(server, "officer.centre") as officer:
+        stream = await officer.get("/api/v1/live")
+        assert (await read_events(stream, 1))[0][0] == "hello"
+        started = time.monotonic()
+        await server.close()
+        rest = await asyncio.wait_for(stream.content.read(), 10)  # returns at the end
+        assert rest.strip() == b""
+        assert time.monotonic() - started < 10
+    await delete_topics(settings)

@@ -110,8 +110,14 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
         response.headers.setdefault("Cache-Control", "no-store")
 
 
+async def close_live_streams(app: web.Application) -> None:
+    if OFFICER in app:
+        app[OFFICER].live.close_all()
+
+
 def setup(app: web.Application) -> None:
     app.cleanup_ctx.append(officer_ctx)
+    app.on_shutdown.append(close_live_streams)
     app.on_response_prepare.append(security_headers)
     session_api.setup(app)
     cells.setup(app)

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
 TTL = 2.0
-MAX_ENTRIES = 256
+MAX_ENTRIES = 4096
 
 
 class ShortCache:

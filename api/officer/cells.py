@@ -183,6 +183,16 @@ async def get_area(request: web.Request) -> web.Response:
     return web.json_response(await area_detail(request, account, level, area_id))
 
 
+#: One area's row with its last ``TREND_POINTS`` daily snapshots, in one round trip.
+DETAIL_SQL = """SELECT a.*, (
+               SELECT COALESCE(json_agg(json_build_object('date', h.day, 'score', h.score,
+                                                          'rank', h.rank) ORDER BY h.day), '[]')
+               FROM (SELECT day, score, rank FROM priority_history
+                     WHERE level = a.level AND area_id = a.area_id
+                     ORDER BY day DESC LIMIT $3) h) AS trend_points
+           FROM priority_areas a WHERE a.level = $1 AND a.area_id = $2"""
+
+
 async def area_detail(
     request: web.Request, account: Account, level: Level, area_id: str
 ) -> dict[str, Any]:
@@ -192,24 +202,18 @@ async def area_detail(
         not h3.is_valid_cell(area_id) or str(h3.get_resolution(area_id)) != level
     ):
         raise HTTPProblem(422, f"not an H3 cell of resolution {level}", "area_id")
-    found = await state.pool.fetchrow(
-        """SELECT a.*, (
-               SELECT COALESCE(json_agg(json_build_object('date', h.day, 'score', h.score,
-                                                          'rank', h.rank) ORDER BY h.day), '[]')
-               FROM (SELECT day, score, rank FROM priority_history
-                     WHERE level = a.level AND area_id = a.area_id
-                     ORDER BY day DESC LIMIT $3) h) AS trend_points
-           FROM priority_areas a WHERE a.level = $1 AND a.area_id = $2""",
-        DB_LEVEL[level],
-        area_id,
-        TREND_POINTS,
-    )
+
+    async def load() -> dict[str, Any] | None:
+        found = await state.pool.fetchrow(DETAIL_SQL, DB_LEVEL[level], area_id, TREND_POINTS)
+        return None if found is None else dict(found)
+
+    # Shared across accounts (the scope is checked below, per request).
+    row: dict[str, Any] | None = await state.cache.get(("row", level, area_id), load)
     index = await state.areas.get()
-    if found is None:
+    if row is None:
         # A cell with no row yet: still scope-checked, so a 404 never leaks outside the scope.
         forbid_out_of_scope(area_in_scope(index, account, level, {"area_id": area_id}))
         raise HTTPProblem(404, "no priority figures for this area yet", "area_id")
-    row = dict(found)
     forbid_out_of_scope(area_in_scope(index, account, level, row))
     detail = present(row, level)
     detail["trend"] = _json(row["trend_points"])

@@ -37,6 +37,7 @@ log = get_logger(__name__)
 FETCH_WAIT_MS = 100
 QUEUE_SIZE = 200
 HEARTBEAT_SECONDS = 15.0
+CLOSE = "__close__"
 
 #: (cell, ward, local authority) -> in the subscriber's scope?
 ScopeTest = Callable[[Scope, str, str | None, str | None], Awaitable[bool]]
@@ -71,6 +72,14 @@ class LiveHub:
             yield sub
         finally:
             self.subscribers.discard(sub)
+
+    def close_all(self) -> None:
+        """Ask every open stream to end (at shutdown: open SSE connections would otherwise hold
+        the server for its whole shutdown timeout)."""
+        for sub in list(self.subscribers):
+            if sub.queue.full():
+                sub.queue.get_nowait()
+            sub.queue.put_nowait((CLOSE, {}))
 
     async def start(self) -> None:
         self._consumer = AIOKafkaConsumer(
@@ -178,6 +187,8 @@ async def stream(request: web.Request, hub: LiveHub, scope: Scope) -> web.Stream
                 await response.write(b": keep-alive\n\n")
                 continue
             kind, payload = item
+            if kind == CLOSE:
+                break
             if sub.overflowed:
                 sub.overflowed = False
                 await response.write(_sse("overflow", {"reload": True}))
