@@ -7,11 +7,13 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from lpt.kafka import topic_name
 from lpt.settings import Settings, get_settings
@@ -81,10 +83,10 @@ def cells(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- wait-idle
 
 
-async def group_lag(settings: Settings) -> dict[str, int]:
-    """Messages not yet committed per consumer group of this deployment (topic prefix). The
-    stream group's topics are checked in pipeline order, so "all zero" cannot miss a message
-    moving from one stage to the next during the check."""
+async def group_lag(settings: Settings, only: Sequence[str] | None = None) -> dict[str, int]:
+    """Messages not yet committed per consumer group of this deployment (topic prefix), or of
+    the groups named in ``only``. The stream group's topics are checked in pipeline order, so
+    "all zero" cannot miss a message moving from one stage to the next during the check."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
     await admin.start()
@@ -97,6 +99,8 @@ async def group_lag(settings: Settings) -> dict[str, int]:
         mine = [g for g in groups if g.startswith(settings.topic_prefix) or g == stream_group]
         if stream_group not in mine:
             mine.append(stream_group)
+        if only is not None:
+            mine = list(only)
         pipeline = [topic_name(t, settings) for t in INPUT_TOPICS] + list(
             internal_topics(settings).values()
         )
@@ -105,7 +109,8 @@ async def group_lag(settings: Settings) -> dict[str, int]:
             committed = await admin.list_consumer_group_offsets(group)
             topics = list(dict.fromkeys(tp.topic for tp in committed))
             if group == stream_group:
-                topics = [t for t in pipeline if t in set(await admin.list_topics())] + [
+                existing = set(await admin.list_topics())
+                topics = [t for t in pipeline if t in existing] + [
                     t for t in topics if t not in pipeline
                 ]
             lag = 0
@@ -143,11 +148,18 @@ async def scorer_settled(settings: Settings) -> bool:
     return row is None or bool(row["settled"])
 
 
-async def wait_until_idle(settings: Settings, timeout: float, poll: float = 0.5) -> bool:
+async def wait_until_idle(
+    settings: Settings, timeout: float, poll: float = 0.5, only: Sequence[str] | None = None
+) -> bool:
     deadline = time.monotonic() + timeout
     quiet_checks = 0
     while time.monotonic() < deadline:
-        lags = await group_lag(settings)
+        try:
+            lags = await group_lag(settings, only)
+        except KafkaError:  # a broker restart is not a reason to give up waiting
+            quiet_checks = 0
+            await asyncio.sleep(poll)
+            continue
         if all(v == 0 for v in lags.values()) and await scorer_settled(settings):
             quiet_checks += 1
             if quiet_checks >= 2:

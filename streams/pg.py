@@ -19,38 +19,30 @@ _AREA_COLUMNS = (
     "local_authority_code", "components", "reasons", "actions", "streets", "counts", "survey",
     "engagement", "extra", "as_of", "weights_version",
 )  # fmt: skip
-_TYPES = {
-    "resolution": "int",
-    "score": "float8",
-    "rank": "int",
-    "areas_ranked": "int",
-    "in_top": "bool",
-    "as_of": "float8",
+_CASTS = {
+    "resolution": "(d->>'resolution')::smallint",
+    "score": "(d->>'score')::float8",
+    "rank": "(d->>'rank')::int",
+    "areas_ranked": "(d->>'areas_ranked')::int",
+    "in_top": "(d->>'in_top')::bool",
+    "survey": "NULLIF(d->'survey', 'null'::jsonb)",
+    "extra": "COALESCE(d->'extra', '{}'::jsonb)",
+    "as_of": "to_timestamp((d->>'as_of')::float8)",
 }
-_JSON = {"components", "reasons", "actions", "streets", "counts", "survey", "engagement", "extra"}
+_JSON = {"components", "reasons", "actions", "streets", "counts", "engagement"}
 _EXTRA_KEYS = ("parents", "context", "name")
 
 
-def _select(columns: Sequence[str]) -> str:
-    out = []
-    for c in columns:
-        if c in _JSON:
-            out.append(f"u.{c}::jsonb")
-        elif c == "as_of":
-            out.append("to_timestamp(u.as_of)")
-        else:
-            out.append(f"u.{c}")
-    return ", ".join(out)
+def _expr(column: str) -> str:
+    if column in _CASTS:
+        return _CASTS[column]
+    return f"d->'{column}'" if column in _JSON else f"d->>'{column}'"
 
 
-def _unnest(columns: Sequence[str]) -> str:
-    args = ", ".join(f"${i + 1}::{_TYPES.get(c, 'text')}[]" for i, c in enumerate(columns))
-    return f"unnest({args}) AS u({', '.join(columns)})"
-
-
+# One JSON document per row (one encode call per row instead of one per column).
 UPSERT_AREAS = f"""
 INSERT INTO priority_areas ({", ".join(_AREA_COLUMNS)}, updated_at)
-SELECT {_select(_AREA_COLUMNS)}, now() FROM {_unnest(_AREA_COLUMNS)}
+SELECT {", ".join(_expr(c) for c in _AREA_COLUMNS)}, now() FROM unnest($1::jsonb[]) AS d
 ON CONFLICT (level, area_id) DO UPDATE SET
     {", ".join(f"{c} = EXCLUDED.{c}" for c in _AREA_COLUMNS[2:])}, updated_at = now()
 WHERE priority_areas.as_of <= EXCLUDED.as_of
@@ -62,8 +54,9 @@ _HISTORY_COLUMNS = (
 )  # fmt: skip
 UPSERT_HISTORY = f"""
 INSERT INTO priority_history ({", ".join(_HISTORY_COLUMNS)}, day)
-SELECT {_select(_HISTORY_COLUMNS)}, (to_timestamp(u.as_of) AT TIME ZONE 'UTC')::date
-FROM {_unnest(_HISTORY_COLUMNS)}
+SELECT {", ".join(_expr(c) for c in _HISTORY_COLUMNS)},
+       (to_timestamp((d->>'as_of')::float8) AT TIME ZONE 'UTC')::date
+FROM unnest($1::jsonb[]) AS d
 ON CONFLICT (level, area_id, day) DO UPDATE SET
     {", ".join(f"{c} = EXCLUDED.{c}" for c in _HISTORY_COLUMNS[2:])}
 WHERE priority_history.as_of <= EXCLUDED.as_of
@@ -87,25 +80,20 @@ ON CONFLICT (id) DO UPDATE SET as_of = EXCLUDED.as_of, settled = EXCLUDED.settle
 """
 
 
-def _dumps(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, separators=(",", ":"), sort_keys=True)
-
-
-def _column(rows: Sequence[dict[str, Any]], name: str) -> list[Any]:
-    if name == "extra":
-        return [_dumps({k: r[k] for k in _EXTRA_KEYS if k in r}) for r in rows]
-    if name in _JSON:
-        return [_dumps(r[name]) if r[name] is not None else None for r in rows]
-    return [r[name] for r in rows]
+def _document(row: dict[str, Any]) -> str:
+    doc = {c: row.get(c) for c in _AREA_COLUMNS if c != "extra"}
+    doc["extra"] = {k: row[k] for k in _EXTRA_KEYS if k in row}
+    return json.dumps(doc, separators=(",", ":"))
 
 
 async def write_rows(conn: asyncpg.Connection, rows: Sequence[dict[str, Any]]) -> None:
     """Upsert current rows and their snapshot for the day of their ``as_of``."""
     if not rows:
         return
+    docs = [_document(r) for r in rows]
     async with conn.transaction():
-        await conn.execute(UPSERT_AREAS, *[_column(rows, c) for c in _AREA_COLUMNS])
-        await conn.execute(UPSERT_HISTORY, *[_column(rows, c) for c in _HISTORY_COLUMNS])
+        await conn.execute(UPSERT_AREAS, docs)
+        await conn.execute(UPSERT_HISTORY, docs)
 
 
 async def write_announced(

@@ -5,17 +5,19 @@ changed cells it re-scores the force at event time ``as_of`` (vectorised, see
 ``scoring.model``), announces changes (``priority.changed``) and alerts (``officer.alerts``),
 and writes the rows that changed to PostgreSQL.
 
-Write policy: while input is flowing, a batch writes the areas it touched, areas entering or
-leaving the top, and areas never written; the small rank shifts that every change causes in
-other areas are deferred and written when input pauses (``settled`` in ``priority_status``),
-at least every ``SETTLE_EVERY`` seconds, in chunks so live latency stays low. Each event-time
-day gets a complete snapshot in ``priority_history``.
+Write policy: a batch writes the res-9 cells it changed (and their res-8 parents) and every
+area whose priority.changed it announces. The small rank shifts every change causes elsewhere,
+the coarse levels and the decay of untouched areas to the new ``as_of`` are written by the
+settle timer, in small chunks between batches (so live latency stays low), once input pauses
+for ``QUIET_SECONDS`` or at least every ``SETTLE_EVERY`` seconds. ``priority_status.settled``
+says when every row is exact. History: every written row is also the snapshot of its
+event-time day; each settle completes the snapshot of the current day (during a fast backfill,
+days the scorer never settled on have the touched areas only).
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -44,12 +46,14 @@ from streams.scoring.model import H3_LEVELS, LEVELS, PriorityModel, Tables, iso_
 log = get_logger(__name__)
 
 SOURCE = "lpt-streams"
-#: Input pause after which deferred rows are written.
+#: Input pause after which rows whose score or rank moved are written...
 QUIET_SECONDS = 1.0
+#: ...and after which every row is brought to the latest as_of (decay only).
+IDLE_SECONDS = 3.0
 #: Deferred rows are written at least this often while input keeps flowing.
 SETTLE_EVERY = 30.0
 #: Rows per settle step (each step runs between batches).
-SETTLE_CHUNK = 2000
+SETTLE_CHUNK = 500
 
 Publish = Callable[[Sequence[Envelope]], Awaitable[None]]
 Summary = tuple[str, int, CellState]
@@ -111,28 +115,17 @@ class Scorer:
         async with self.lock:
             model = self.model
             assert model is not None, "activate() first"
-            now_wall = time.monotonic()
-            busy = now_wall - self.last_batch < QUIET_SECONDS
-            self.last_batch = now_wall
             before = {cell: self._before(model, cell) for cell, _, _ in summaries}
             touched = {cell for cell, seq, state in summaries if model.merge(cell, seq, state)}
             touched = {c for c in touched if not c.startswith("_")}
-            old_day = iso_date(self.tables.as_of) if self.tables else None
             tables = model.compute()
             self.tables = tables
             alerts = self._alerts(model, tables, touched, before)
             changed = self._changes(tables)
-            new_day = iso_date(tables.as_of) != old_day
-            if busy and not new_day:
-                rows_wanted = (
-                    self._touched_areas(model, tables, touched)
-                    | {key for key, _ in changed}
-                    | self._never_written(tables)
-                )
-                self.unsettled = True
-            else:
-                rows_wanted = self._differing(tables)
-                self.unsettled = False
+            # Only what this batch changed is written now; the rest (rank shifts elsewhere,
+            # coarse levels, the day's snapshot) is settled by ``tick`` in small chunks.
+            rows_wanted = self._touched_areas(model, touched) | {key for key, _ in changed}
+            self.unsettled = True
             rows = self._rows(model, tables, rows_wanted)
             events: list[Envelope] = [*alerts]
             row_of = {(r["level"], r["area_id"]): r for r in rows}
@@ -141,23 +134,31 @@ class Scorer:
             if events:
                 await self.publish(events)
             await self._write(rows, tables, [key for key, _ in changed])
+            self.last_batch = time.monotonic()
 
     async def tick(self) -> None:
-        """Timer: write deferred rows once input pauses (or at least every SETTLE_EVERY)."""
+        """Timer: write deferred rows in chunks. Rows whose score, rank or top flag moved go
+        first, once input pauses for ``QUIET_SECONDS`` (or every ``SETTLE_EVERY``); rows that
+        only need the newer ``as_of`` (decay) wait for a longer pause, so a backfill does not
+        rewrite the whole force between its batches."""
         if not self.unsettled or self.model is None or self.tables is None:
             return
-        quiet = time.monotonic() - self.last_batch >= QUIET_SECONDS
+        idle_for = time.monotonic() - self.last_batch
         overdue = time.monotonic() - self.last_settle >= SETTLE_EVERY
-        if not (quiet or overdue) or self.lock.locked():
+        if not (idle_for >= QUIET_SECONDS or overdue) or self.lock.locked():
             return
         async with self.lock:
             model, tables = self.model, self.tables
             if model is None or tables is None:
                 return
-            wanted = sorted(self._differing(tables))
+            material, drift = self._differing(tables)
+            wanted = sorted(material)
+            if not wanted and (idle_for >= IDLE_SECONDS or overdue):
+                wanted = sorted(drift)
             chunk = set(wanted[:SETTLE_CHUNK])
-            await self._write(self._rows(model, tables, chunk), tables, [])
-            if len(wanted) <= SETTLE_CHUNK:
+            if chunk:
+                await self._write(self._rows(model, tables, chunk), tables, [])
+            if not drift and len(material) <= SETTLE_CHUNK:
                 self.unsettled = False
                 self.last_settle = time.monotonic()
                 await self._status(tables, settled=True)
@@ -302,48 +303,35 @@ class Scorer:
             local_authority_code=row["local_authority_code"],
         )
 
-    def _touched_areas(
-        self, model: PriorityModel, tables: Tables, touched: set[str]
-    ) -> set[tuple[str, str]]:
-        if not touched:
-            return set()
-        out: set[tuple[str, str]] = {("force", model.ref.force_name)}
+    @staticmethod
+    def _touched_areas(model: PriorityModel, touched: set[str]) -> set[tuple[str, str]]:
+        """The res-9 cells a batch changed and their res-8 parents (coarser levels, whose
+        rows summarise thousands of cells, wait for the settle)."""
+        out: set[tuple[str, str]] = set()
         for cell in touched:
-            i = model.index[cell]
             out.add(("res9", cell))
-            out.add(("res8", model.parent_of[8][i]))
-            out.add(("res7", model.parent_of[7][i]))
-            if model.ward_of[i]:
-                out.add(("ward", model.ward_of[i] or ""))
-            if model.la_of[i]:
-                out.add(("local_authority", model.la_of[i] or ""))
+            out.add(("res8", model.parent_of[8][model.index[cell]]))
         return out
 
-    def _never_written(self, tables: Tables) -> set[tuple[str, str]]:
-        return {
-            (level, area)
-            for level in LEVELS
-            for area in tables.levels[level].ids
-            if (level, area) not in self.written
-        }
-
-    def _differing(self, tables: Tables) -> set[tuple[str, str]]:
-        """Every area whose written row is not exactly the current one (or is missing)."""
-        out: set[tuple[str, str]] = set()
+    def _differing(self, tables: Tables) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+        """Areas whose written row is not the current one: (score, rank or top moved, or never
+        written; only the event time moved)."""
+        material: set[tuple[str, str]] = set()
+        drift: set[tuple[str, str]] = set()
+        as_of = tables.as_of
         for level in LEVELS:
             t = tables.levels[level]
-            top = t.in_top
+            top = t.in_top.tolist()
+            scores = t.score.tolist()
+            ranks = t.rank.tolist()
+            written = self.written
             for i, area in enumerate(t.ids):
-                w = self.written.get((level, area))
-                if (
-                    w is None
-                    or w[0] != float(t.score[i])
-                    or w[1] != int(t.rank[i])
-                    or w[2] != bool(top[i])
-                    or not math.isclose(w[3], tables.as_of, abs_tol=1e-3)
-                ):
-                    out.add((level, area))
-        return out
+                w = written.get((level, area))
+                if w is None or w[0] != scores[i] or w[1] != ranks[i] or w[2] != top[i]:
+                    material.add((level, area))
+                elif abs(w[3] - as_of) > 1e-3:
+                    drift.add((level, area))
+        return material, drift
 
     @staticmethod
     def _rows(
