@@ -98,6 +98,9 @@ def create_app(settings: Settings, datadir: Path | None = None) -> tuple[faust.A
         table_standby_replicas=0,
         web_enabled=False,
         broker_commit_interval=0.5,
+        # A killed worker's partitions move to the others after 10 s, not Kafka's default 60 s.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=2.0,
         consumer_auto_offset_reset="earliest",
         producer_max_request_size=4 * 1024 * 1024,
         producer_linger_ms=2,
