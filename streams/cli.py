@@ -114,12 +114,9 @@ async def group_lag(settings: Settings, only: Sequence[str] | None = None) -> di
                     t for t in topics if t not in pipeline
                 ]
             lag = 0
+            partitions = await _partitions(admin, topics)
             for topic in topics:
-                parts = consumer.partitions_for_topic(topic)
-                if parts is None:
-                    await consumer._client.force_metadata_update()
-                    parts = consumer.partitions_for_topic(topic) or set()
-                tps = [TopicPartition(topic, p) for p in sorted(parts)]
+                tps = [TopicPartition(topic, p) for p in partitions.get(topic, [])]
                 if not tps:
                     continue
                 ends = await consumer.end_offsets(tps)
@@ -133,6 +130,18 @@ async def group_lag(settings: Settings, only: Sequence[str] | None = None) -> di
     finally:
         await consumer.stop()
         await admin.close()
+
+
+async def _partitions(admin: AIOKafkaAdminClient, topics: Sequence[str]) -> dict[str, list[int]]:
+    """Partition ids per topic, from the brokers' metadata (an unsubscribed consumer knows none,
+    which would make every topic look empty)."""
+    if not topics:
+        return {}
+    out: dict[str, list[int]] = {}
+    for meta in await admin.describe_topics(list(topics)):
+        if meta.get("error_code", 0) == 0:
+            out[meta["topic"]] = sorted(p["partition"] for p in meta["partitions"])
+    return out
 
 
 async def scorer_settled(settings: Settings) -> bool:
