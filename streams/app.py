@@ -45,7 +45,7 @@ from schemas.topics import (
     event_key,
     topic_for,
 )
-from streams.faustio import send_all, table_put
+from streams.faustio import send_all, table_put_raw
 from streams.scorer import Scorer
 from streams.stages import CellStage, InputStage, LedgerStage
 
@@ -182,15 +182,16 @@ def create_app(settings: Settings, datadir: Path | None = None) -> tuple[faust.A
         if not scorer.active:
             await scorer.activate(_stored(scorer_cells))
         items: list[tuple[str, int, Any]] = []
+        latest: dict[str, tuple[int, bytes]] = {}
         for ev in events:
-            items.extend((c, q, s) for c, q, s in json.loads(ev.message.value)["s"])
+            for line in ev.message.value.split(b"\n"):
+                cell, seq, state = json.loads(line)
+                items.append((cell, seq, state))
+                if seq >= latest.get(cell, (-1, b""))[0]:
+                    latest[cell] = (seq, line)
         await scorer.on_batch(items)
-        latest: dict[str, tuple[int, Any]] = {}
-        for cell, seq, state in items:
-            if seq >= latest.get(cell, (-1, None))[0]:
-                latest[cell] = (seq, state)
-        for cell, (seq, state) in latest.items():
-            table_put(scorer_cells, events[-1], cell, [seq, state])
+        for cell, (_, line) in latest.items():
+            table_put_raw(scorer_cells, events[-1], cell, line)
 
     async def settle() -> None:
         await _guard(scorer.tick(), "scorer settle")
@@ -212,9 +213,9 @@ def create_app(settings: Settings, datadir: Path | None = None) -> tuple[faust.A
 
 def _stored(table: Any) -> list[tuple[str, int, Any]]:
     out = []
-    for key, raw in table.items():
-        seq, state = json.loads(raw)
-        out.append((key.decode(), seq, state))
+    for raw in table.values():
+        cell, seq, state = json.loads(raw)
+        out.append((cell, seq, state))
     return out
 
 

@@ -49,6 +49,26 @@ def table_put(table: faust.types.TableT[bytes, bytes], event: Any, key: str, val
         table[key.encode()] = json.dumps(value, separators=(",", ":")).encode()
 
 
+def table_put_raw(
+    table: faust.types.TableT[bytes, bytes], event: Any, key: str, value: bytes
+) -> None:
+    with bound_to(event):
+        table[key.encode()] = value
+
+
+def dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+async def send_lines(
+    topic: faust.types.TopicT, partition: int, parts: Sequence[bytes], pending: list[Any]
+) -> None:
+    """Queue newline-separated JSON documents (JSON text never holds a raw newline), so a
+    reader can keep each document's bytes without encoding it again."""
+    for group in chunks(parts):
+        pending.append(await topic.send(value=b"\n".join(group), partition=partition))
+
+
 def chunks(parts: Sequence[bytes], limit: int = MAX_MESSAGE_BYTES) -> Iterator[list[bytes]]:
     """Split already-encoded JSON values into groups whose joined size stays under ``limit``."""
     group: list[bytes] = []

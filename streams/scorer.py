@@ -47,11 +47,11 @@ log = get_logger(__name__)
 
 SOURCE = "lpt-streams"
 #: Input pause after which rows whose score or rank moved are written...
-QUIET_SECONDS = 1.0
+QUIET_SECONDS = 2.0
 #: ...and after which every row is brought to the latest as_of (decay only).
-IDLE_SECONDS = 3.0
+IDLE_SECONDS = 4.0
 #: Deferred rows are written at least this often while input keeps flowing.
-SETTLE_EVERY = 30.0
+SETTLE_EVERY = 60.0
 #: Rows per settle step (each step runs between batches).
 SETTLE_CHUNK = 500
 
@@ -72,6 +72,8 @@ class Scorer:
         self.last_settle = time.monotonic()
         self.unsettled = False
         self.tables: Tables | None = None
+        #: (tables the list was computed for, material, drift) - reused across settle chunks
+        self._pending: tuple[Tables, list[tuple[str, str]], list[tuple[str, str]]] | None = None
 
     @property
     def active(self) -> bool:
@@ -151,14 +153,18 @@ class Scorer:
             model, tables = self.model, self.tables
             if model is None or tables is None:
                 return
-            material, drift = self._differing(tables)
-            wanted = sorted(material)
+            if self._pending is None or self._pending[0] is not tables:
+                material_set, drift_set = self._differing(tables)
+                self._pending = (tables, sorted(material_set), sorted(drift_set))
+            _, material, drift = self._pending
+            wanted = material
             if not wanted and (idle_for >= IDLE_SECONDS or overdue):
-                wanted = sorted(drift)
+                wanted = drift
             chunk = set(wanted[:SETTLE_CHUNK])
+            del wanted[:SETTLE_CHUNK]
             if chunk:
                 await self._write(self._rows(model, tables, chunk), tables, [])
-            if not drift and len(material) <= SETTLE_CHUNK:
+            if not material and not drift:
                 self.unsettled = False
                 self.last_settle = time.monotonic()
                 await self._status(tables, settled=True)

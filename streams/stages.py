@@ -31,11 +31,14 @@ from schemas.registry import InvalidEvent, decode
 from schemas.topics import TopicSpec
 from streams.faustio import (
     dead_letter,
+    dumps,
     encode_items,
     send_all,
     send_chunked,
+    send_lines,
     table_get,
     table_put,
+    table_put_raw,
 )
 from streams.items import entity_item, partition_for
 from streams.ledgers import apply_item, table_for
@@ -178,13 +181,19 @@ class CellStage:
                 changed.add(cell)
         if not changed:
             return
-        summaries = []
+        # Each changed state is encoded once: the same bytes go to the scorer and the table.
+        summaries: list[bytes] = []
+        values: dict[str, bytes] = {}
         for cell in sorted(changed):
             state = states[cell]
             state["v"] += 1
-            summaries.append([cell, state["v"], {k: v for k, v in state.items() if k != "wm"}])
+            watermarks = state.pop("wm")
+            body = dumps(state)
+            state["wm"] = watermarks
+            summaries.append(b"[%s,%d,%s]" % (dumps(cell), state["v"], body))
+            values[cell] = b'{"wm":' + dumps(watermarks) + b"," + body[1:]
         pending: list[Any] = []
-        await send_chunked(self.summaries, 0, b'{"s":', encode_items(summaries), pending)
+        await send_lines(self.summaries, 0, summaries, pending)
         await send_all(pending)
-        for cell in changed:
-            table_put(self.cells, event_of[cell], cell, states[cell])
+        for cell, value in values.items():
+            table_put_raw(self.cells, event_of[cell], cell, value)
