@@ -45,7 +45,7 @@ from schemas.topics import (
     event_key,
     topic_for,
 )
-from streams.faustio import send_all, table_put_raw
+from streams.faustio import TableWriter, send_all
 from streams.scorer import Scorer
 from streams.stages import CellStage, InputStage, LedgerStage
 
@@ -160,8 +160,10 @@ def create_app(settings: Settings, datadir: Path | None = None) -> tuple[faust.A
     for spec in INPUT_SPECS:
         input_agent(spec)
 
-    ledger_stage = LedgerStage(ledgers, deltas, partitions, ident)
-    cell_stage = CellStage(cells, summaries)
+    writers = {name: TableWriter(app, t) for name, t in ledgers.items()}
+    ledger_stage = LedgerStage(ledgers, writers, deltas, partitions, ident)
+    cell_stage = CellStage(cells, TableWriter(app, cells), summaries)
+    scorer_writer = TableWriter(app, scorer_cells)
 
     @app.agent(entities, name="ledger")
     async def ledger(stream: Any) -> None:
@@ -190,8 +192,7 @@ def create_app(settings: Settings, datadir: Path | None = None) -> tuple[faust.A
                 if seq >= latest.get(cell, (-1, b""))[0]:
                     latest[cell] = (seq, line)
         await scorer.on_batch(items)
-        for cell, (_, line) in latest.items():
-            table_put_raw(scorer_cells, events[-1], cell, line)
+        await scorer_writer.write([(events[-1], c, line) for c, (_, line) in latest.items()])
 
     async def settle() -> None:
         await _guard(scorer.tick(), "scorer settle")

@@ -18,6 +18,7 @@ from typing import Any
 
 import faust
 from faust.streams import _current_event
+from faust.types import TP
 
 from lpt.logs import get_logger
 from lpt.metrics import DEAD_LETTERS
@@ -40,7 +41,7 @@ def bound_to(event: Any) -> Iterator[None]:
 def table_get(table: faust.types.TableT[bytes, bytes], event: Any, key: str) -> Any:
     """JSON value of ``key`` read in ``event``'s partition (None when absent)."""
     with bound_to(event):
-        raw = table.get(key.encode())
+        raw = table.data.get(key.encode())
     return None if raw is None else json.loads(raw)
 
 
@@ -67,6 +68,55 @@ async def send_lines(
     reader can keep each document's bytes without encoding it again."""
     for group in chunks(parts):
         pending.append(await topic.send(value=b"\n".join(group), partition=partition))
+
+
+class TableWriter:
+    """Writes a batch of table values: the local store, then the changelog records in record
+    batches straight to the producer (``create_batch``/``send_batch``), waiting for the acks.
+
+    Why not ``table[key] = value``: Faust sends each changelog record through its producer
+    buffer one ``send()`` at a time; at one write per event that buffer fills and Faust stops
+    delivering messages until it drains (measured: the worker crawled at ~1k events/s, CPU
+    spent on per-message futures). The records here are the ones Faust would write (same topic,
+    partition, raw key and value), so Faust's own recovery restores them unchanged.
+    """
+
+    def __init__(self, app: faust.App, table: faust.types.TableT[bytes, bytes]) -> None:
+        self.app = app
+        self.table = table
+
+    async def write(self, rows: Sequence[tuple[Any, str, bytes]]) -> None:
+        """``rows``: (event of the key's partition, key, value bytes)."""
+        if not rows:
+            return
+        by_partition: dict[int, list[tuple[Any, bytes, bytes]]] = {}
+        for event, name, data in rows:
+            by_partition.setdefault(event.message.partition, []).append(
+                (event, name.encode(), data)
+            )
+        producer = self.app.producer._ensure_producer()  # type: ignore[attr-defined]
+        topic = self.table.changelog_topic.get_topic_name()
+        store: Any = self.table.data
+        pending: list[tuple[int, int, Any]] = []
+        for partition, items in sorted(by_partition.items()):
+            with bound_to(items[0][0]):
+                for _, key, value in items:
+                    store[key] = value
+            batch, count = producer.create_batch(), 0
+            for _, key, value in items:
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    fut = await producer.send_batch(batch, topic, partition=partition)
+                    pending.append((partition, count, fut))
+                    batch, count = producer.create_batch(), 0
+                    batch.append(key=key, value=value, timestamp=None)
+                count += 1
+            pending.append(
+                (partition, count, await producer.send_batch(batch, topic, partition=partition))
+            )
+        for partition, count, fut in pending:
+            meta = await fut
+            # What Faust's own changelog callback records: recovery resumes after it.
+            store.set_persisted_offset(TP(topic, partition), meta.offset + count - 1)
 
 
 def chunks(parts: Sequence[bytes], limit: int = MAX_MESSAGE_BYTES) -> Iterator[list[bytes]]:

@@ -30,6 +30,7 @@ from lpt.metrics import EVENTS_DUPLICATE, EVENTS_PROCESSED, PROCESSING_SECONDS
 from schemas.registry import InvalidEvent, decode
 from schemas.topics import TopicSpec
 from streams.faustio import (
+    TableWriter,
     dead_letter,
     dumps,
     encode_items,
@@ -37,8 +38,6 @@ from streams.faustio import (
     send_chunked,
     send_lines,
     table_get,
-    table_put,
-    table_put_raw,
 )
 from streams.items import entity_item, partition_for
 from streams.ledgers import apply_item, table_for
@@ -107,9 +106,15 @@ class LedgerStage:
     """Per-entity ledgers -> cell deltas with positions (see module docstring)."""
 
     def __init__(
-        self, tables: dict[str, Table], deltas: faust.types.TopicT, partitions: int, group: str
+        self,
+        tables: dict[str, Table],
+        writers: dict[str, TableWriter],
+        deltas: faust.types.TopicT,
+        partitions: int,
+        group: str,
     ) -> None:
         self.tables = tables
+        self.writers = writers
         self.deltas = deltas
         self.partitions = partitions
         self.group = group
@@ -148,8 +153,11 @@ class LedgerStage:
             head = b'{"src":"l%d","d":' % source
             await send_chunked(self.deltas, partition, head, encode_items(deltas), pending)
         await send_all(pending)
+        rows: dict[str, list[tuple[Any, str, bytes]]] = defaultdict(list)
         for key, ev in dirty.items():
-            table_put(self.tables[key[0]], ev, key[1], entries[key])
+            rows[key[0]].append((ev, key[1], dumps(entries[key])))
+        for name, table_rows in rows.items():
+            await self.writers[name].write(table_rows)
         if duplicates:
             EVENTS_DUPLICATE.labels(group=self.group, topic="entities").inc(duplicates)
 
@@ -157,8 +165,9 @@ class LedgerStage:
 class CellStage:
     """Apply deltas to res-9 cell states; each changed cell is written and sent once."""
 
-    def __init__(self, cells: Table, summaries: faust.types.TopicT) -> None:
+    def __init__(self, cells: Table, writer: TableWriter, summaries: faust.types.TopicT) -> None:
         self.cells = cells
+        self.writer = writer
         self.summaries = summaries
 
     async def process(self, events: list[Any]) -> None:
@@ -195,5 +204,4 @@ class CellStage:
         pending: list[Any] = []
         await send_lines(self.summaries, 0, summaries, pending)
         await send_all(pending)
-        for cell, value in values.items():
-            table_put_raw(self.cells, event_of[cell], cell, value)
+        await self.writer.write([(event_of[c], c, value) for c, value in values.items()])
