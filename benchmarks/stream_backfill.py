@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 import asyncpg  # noqa: E402
 import h3  # noqa: E402
 from aiokafka import AIOKafkaConsumer  # noqa: E402
+from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
 
 from lpt.kafka import ensure_topics, make_producer, publish_raw, topic_name  # noqa: E402
 from lpt.settings import Settings, get_settings  # noqa: E402
@@ -273,6 +274,19 @@ async def live_latency(
     }
 
 
+async def drop_topics(settings: Settings, prefix: str) -> None:
+    """The run's topics (inputs, internal, changelogs): thousands of leftover partitions slow
+    every later broker start."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    await admin.start()
+    try:
+        names = [t for t in await admin.list_topics() if t.startswith(prefix)]
+        if names:
+            await admin.delete_topics(names)
+    finally:
+        await admin.close()
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     base = get_settings()
     prefix = f"bench{uuid.uuid4().hex[:6]}."
@@ -326,6 +340,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         if worker is not None:
             worker.stop()
         await drop_database(settings)
+        await drop_topics(settings, prefix)
     out["targets"] = {"per_worker_per_s": 20_000, "vs_raw": 0.40, "live_p99_ms": 500}
     return out
 
