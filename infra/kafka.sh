@@ -96,6 +96,7 @@ start() {
   format
   if running; then echo "kafka: already running (pid $(cat "$PIDF"))"; return 0; fi
   echo "kafka: starting on 127.0.0.1:$PORT"
+  ulimit -n 200000 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
   nohup bash -c "exec java -Xms256m -Xmx$HEAP -XX:+UseG1GC -Djava.awt.headless=true \
     -Dlog4j2.configurationFile='$KDIR/log4j2.properties' -Dkafka.logs.dir='$KDIR/logs' \
     -cp '$LIBS/*' kafka.Kafka '$CONF'" >"$LOGF" 2>&1 </dev/null &

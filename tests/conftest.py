@@ -120,6 +120,23 @@ async def isolated_settings(stack: Settings) -> AsyncIterator[Settings]:
     await ensure_topics(settings)
     yield settings
     await _drop_database(stack, name)
+    await _delete_topics(stack, settings.topic_prefix)
+
+
+async def _delete_topics(settings: Settings, prefix: str) -> None:
+    """Remove a test's topics: thousands of leftover partitions exhaust the broker's files."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    await admin.start()
+    try:
+        topics = [t for t in await admin.list_topics() if t.startswith(prefix)]
+        if topics:
+            await admin.delete_topics(topics)
+    except Exception:  # cleanup must never fail a test
+        pass
+    finally:
+        await admin.close()
 
 
 @pytest.fixture(scope="session")
