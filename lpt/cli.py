@@ -178,6 +178,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_lazy("consumers.notifications.worker:cli"))
 
+    p = sub.add_parser(
+        "rotate-master-key", help="re-wrap every per-person key under a new master key"
+    )
+    p.add_argument("--new-key", type=Path, default=None, help="file with 32 random bytes")
+    p.add_argument("--yes", action="store_true", help="confirm web and workers are stopped")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_lazy("identity.rotation:cli"))
+
+    p = sub.add_parser("survey-wave", help="invite every registered resident to a survey wave")
+    p.add_argument("--wave", default=None, help="e.g. 2026Q4 (default: this quarter)")
+    p.set_defaults(func=_lazy("api.public.surveys:cli"))
+
     p = sub.add_parser("cells", help="print the priority table")
     p.add_argument("--res", type=int, default=9)
     p.add_argument("--json", action="store_true")
