@@ -60,9 +60,8 @@ def _prepare(_: argparse.Namespace) -> int:
 
 def _init(_: argparse.Namespace) -> int:
     """Prepare configured (possibly remote) servers: migrations, topics, reference data."""
-    from reference.loaders import load_reference_if_empty
-
     from lpt.services import prepare
+    from reference.loaders import load_reference_if_empty
 
     asyncio.run(prepare())
     asyncio.run(load_reference_if_empty(get_settings()))
