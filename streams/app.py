@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import fcntl
 import json
 import os
@@ -232,10 +233,36 @@ async def _guard(work: Any, what: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+async def ensure_internal_topics(settings: Settings) -> None:
+    """Create the app's internal topics before Faust starts.
+
+    Why: two workers starting together both ask Faust to create them; the loser could see
+    "topic not found in cluster metadata", ignore the topic and never consume it. Creating
+    them here, tolerating "already exists", removes that race.
+    """
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    names = internal_topics(settings)
+    layout = {"entities": settings.topic_partitions, "deltas": settings.topic_partitions}
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        for key, name in names.items():
+            if name in existing:
+                continue
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics([NewTopic(name, layout.get(key, 1), 1)])
+    finally:
+        await admin.close()
+
+
 def cli(args: argparse.Namespace) -> int:
     """``lpt worker``: run one stream worker in the foreground until SIGTERM/SIGINT."""
     settings = get_settings()
     asyncio.run(ensure_topics(settings))
+    asyncio.run(ensure_internal_topics(settings))
     root = settings.home / "streams" / app_id(settings)
     datadir, lock = _take_slot(root)
     app, _ = create_app(settings, datadir)
