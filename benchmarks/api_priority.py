@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
-import dataclasses
 import json
 import os
 import random
@@ -365,21 +364,12 @@ async def wait_for_backfill(settings: Settings, proc: subprocess.Popen[bytes]) -
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    from lpt.db import migrate
-    from lpt.kafka import ensure_topics
+    from lpt.scratch import create_scratch, drop_scratch
 
     base_settings = get_settings()
-    tag = uuid.uuid4().hex[:10]
-    dbname = f"apibench_{tag}"
-    conn = await asyncpg.connect(base_settings.dsn)
-    await conn.execute(f'CREATE DATABASE "{dbname}"')
-    await conn.close()
-    settings = dataclasses.replace(
+    settings = await create_scratch(
         base_settings,
-        database_url=base_settings.dsn.rpartition("/")[0] + f"/{dbname}",
-        topic_prefix=f"apibench{tag}.",
+        "apibench",
         http_host="127.0.0.1",
         http_port=_free_port(),
         cookie_secure=False,
@@ -389,8 +379,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     procs: list[subprocess.Popen[bytes]] = []
     env = {**os.environ, **settings_env(settings), "LPT_LOG_LEVEL": "warning"}
     try:
-        await migrate(settings)
-        await ensure_topics(settings)
         cells = await prepare(settings, settings.data_dir)
         web = subprocess.Popen(
             [str(ROOT / ".venv" / "bin" / "lpt"), "serve"],
@@ -449,17 +437,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     p.wait(10)
                 except subprocess.TimeoutExpired:
                     p.kill()
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
-        await admin.start()
-        try:
-            mine = [t for t in await admin.list_topics() if t.startswith(settings.topic_prefix)]
-            if mine:
-                await admin.delete_topics(mine)
-        finally:
-            await admin.close()
-        conn = await asyncpg.connect(base_settings.dsn)
-        await conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-        await conn.close()
+        await drop_scratch(settings)
 
 
 def render(result: dict[str, Any]) -> str:

@@ -262,25 +262,11 @@ async def _raw_rate(settings: Settings, events: Sequence[dict[str, Any]]) -> flo
 
 
 async def _standalone(args: argparse.Namespace) -> dict[str, Any]:
-    import asyncpg
-
-    from lpt.db import migrate
-    from lpt.kafka import ensure_topics
+    from lpt.scratch import create_scratch, drop_scratch
     from lpt.settings import get_settings
 
-    base = get_settings()
-    tag = uuid.uuid4().hex[:10]
-    conn = await asyncpg.connect(base.dsn)
-    await conn.execute(f'CREATE DATABASE "gwbench_{tag}"')
-    await conn.close()
-    settings = dataclasses.replace(
-        base,
-        database_url=base.dsn.rpartition("/")[0] + f"/gwbench_{tag}",
-        topic_prefix=f"gwbench{tag}.",
-    )
+    settings = await create_scratch(get_settings(), "gwbench")
     try:
-        await migrate(settings)
-        await ensure_topics(settings)
         events = synthetic_crimes(args.events)
         gateway = await measure_gateway_rate(
             settings,
@@ -294,19 +280,7 @@ async def _standalone(args: argparse.Namespace) -> dict[str, Any]:
         gateway["ratio_to_raw"] = round(gateway["events_per_s"] / raw, 4)
         return gateway
     finally:
-        from aiokafka.admin import AIOKafkaAdminClient
-
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
-        await admin.start()
-        try:
-            mine = [t for t in await admin.list_topics() if t.startswith(settings.topic_prefix)]
-            if mine:
-                await admin.delete_topics(mine)
-        finally:
-            await admin.close()
-        conn = await asyncpg.connect(base.dsn)
-        await conn.execute(f'DROP DATABASE IF EXISTS "gwbench_{tag}" WITH (FORCE)')
-        await conn.close()
+        await drop_scratch(settings)
 
 
 def main() -> None:

@@ -36,7 +36,6 @@ import platform
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,11 +44,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import asyncpg  # noqa: E402
 from aiokafka import AIOKafkaProducer  # noqa: E402
-from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
 
-from lpt.db import migrate, wait_for_postgres  # noqa: E402
+from lpt.db import wait_for_postgres  # noqa: E402
 from lpt.geo import ForceArea  # noqa: E402
 from lpt.kafka import (  # noqa: E402
     ensure_topics,
@@ -59,6 +56,7 @@ from lpt.kafka import (  # noqa: E402
     wait_for_kafka,
 )
 from lpt.logs import configure_logging  # noqa: E402
+from lpt.scratch import create_scratch, drop_scratch  # noqa: E402
 from lpt.settings import Settings, get_settings  # noqa: E402
 from producers import police_uk  # noqa: E402
 from producers.police_uk_rows import encode_file  # noqa: E402
@@ -259,35 +257,11 @@ MEASUREMENTS: list[Callable[[BenchContext], Awaitable[list[Measurement] | None]]
 
 async def fresh_settings(base: Settings) -> Settings:
     """Own database (migrated) and topic prefix, as tests/conftest.py ``isolated_settings``."""
-    tag = uuid.uuid4().hex[:10]
-    conn = await asyncpg.connect(base.dsn)
-    try:
-        await conn.execute(f'CREATE DATABASE "bench_{tag}"')
-    finally:
-        await conn.close()
-    dsn = f"{base.dsn.rpartition('/')[0]}/bench_{tag}"
-    settings = dataclasses.replace(base, database_url=dsn, topic_prefix=f"bench{tag}.")
-    await migrate(settings)
-    await ensure_topics(settings)
-    return settings
+    return await create_scratch(base, "bench")
 
 
-async def clean_up(base: Settings, ctx: BenchContext) -> None:
-    conn = await asyncpg.connect(base.dsn)
-    try:
-        name = ctx.settings.dsn.rpartition("/")[2]
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
-    admin = AIOKafkaAdminClient(bootstrap_servers=base.bootstrap_servers)
-    await admin.start()
-    try:
-        prefix = ctx.settings.topic_prefix
-        topics = [t for t in await admin.list_topics() if t.startswith(prefix)]
-        if topics:
-            await admin.delete_topics(topics)
-    finally:
-        await admin.close()
+async def clean_up(ctx: BenchContext) -> None:
+    await drop_scratch(ctx.settings)
 
 
 def render(results: list[Measurement], baseline: Measurement | None) -> str:
@@ -329,7 +303,7 @@ async def run(rows: int, keep: bool) -> dict[str, Any]:
                 results += await measure(ctx) or []
         finally:
             if not keep:
-                await clean_up(base, ctx)
+                await clean_up(ctx)
     baseline = next((m for m in results if m.name.startswith("raw aiokafka: create_batch")), None)
     print(render(results, baseline))
     report = {

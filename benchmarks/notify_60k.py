@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import os
 import secrets
@@ -64,9 +63,9 @@ from consumers.notifications.tokens import (  # noqa: E402
     unsubscribe_url,
 )
 from identity.crypto import load_master_key, new_key, new_key_id, wrap_key  # noqa: E402
-from lpt.db import migrate  # noqa: E402
-from lpt.kafka import ensure_topics, make_producer, publish_raw, topic_name  # noqa: E402
+from lpt.kafka import make_producer, publish_raw, topic_name  # noqa: E402
 from lpt.logs import configure_logging  # noqa: E402
+from lpt.scratch import create_scratch, drop_scratch  # noqa: E402
 from lpt.settings import Settings, get_settings  # noqa: E402
 from schemas.notifications import Audience, NotificationRequested  # noqa: E402
 from schemas.registry import encode  # noqa: E402
@@ -310,22 +309,10 @@ async def raw_aiokafka(settings: Settings, people: list[tuple[str, str]]) -> dic
 
 async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     base = get_settings()
-    tag = uuid.uuid4().hex[:10]
-    name = f"notifybench_{tag}"
     tmp = tempfile.mkdtemp(prefix="lpt-notify-bench-")
-    conn = await asyncpg.connect(base.dsn)
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    await conn.close()
-    settings = dataclasses.replace(
-        base,
-        database_url=base.dsn.rpartition("/")[0] + f"/{name}",
-        topic_prefix=f"notifybench{tag}.",
-        master_key_file=Path(tmp) / "master.key",
-    )
+    settings = await create_scratch(base, "notifybench", master_key_file=Path(tmp) / "master.key")
     server: SmtpServerProcess | None = None
     try:
-        await migrate(settings)
-        await ensure_topics(settings)
         progress = not args.no_progress
         people = await insert_residents(settings, args.residents, progress)
         server = SmtpServerProcess()
@@ -348,19 +335,7 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         if server is not None:
             server.stop()
-        from aiokafka.admin import AIOKafkaAdminClient
-
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
-        await admin.start()
-        try:
-            mine = [t for t in await admin.list_topics() if t.startswith(settings.topic_prefix)]
-            if mine:
-                await admin.delete_topics(mine)
-        finally:
-            await admin.close()
-        conn = await asyncpg.connect(base.dsn)
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.close()
+        await drop_scratch(settings)
         for f in Path(tmp).glob("*"):
             f.unlink()
         os.rmdir(tmp)

@@ -49,14 +49,10 @@ from aiokafka import AIOKafkaConsumer  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
 
 from lpt.kafka import ensure_topics, make_producer, publish_raw, topic_name  # noqa: E402
+from lpt.scratch import drop_database  # noqa: E402
 from lpt.settings import Settings, get_settings  # noqa: E402
 from schemas.topics import CRIME, OFFICER_ALERTS, PRIORITY_CHANGED  # noqa: E402
-from tests.streams_helpers import (  # noqa: E402
-    Worker,
-    drop_database,
-    new_database,
-    wait_idle,
-)
+from tests.streams_helpers import Worker, new_database, wait_idle  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "stream_backfill.json"
 TYPES = [

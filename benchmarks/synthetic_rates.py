@@ -40,9 +40,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
 
 from lpt.kafka import ensure_topics, make_producer, wait_for_kafka  # noqa: E402
+from lpt.scratch import delete_topics  # noqa: E402
 from lpt.settings import Settings, get_settings  # noqa: E402
 from producers.synthetic import (  # noqa: E402
     SyntheticConfig,
@@ -114,17 +114,6 @@ async def measure_raw(config: SyntheticConfig, settings: Settings) -> Measuremen
         await producer.stop()
     total = sum(len(m) for m in messages.values())
     return Measurement("raw aiokafka create_batch/send_batch", total, seconds)
-
-
-async def delete_topics(base: Settings, prefix: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=base.bootstrap_servers)
-    await admin.start()
-    try:
-        topics = [t for t in await admin.list_topics() if t.startswith(prefix)]
-        if topics:
-            await admin.delete_topics(topics)
-    finally:
-        await admin.close()
 
 
 def render(results: list[Measurement], baseline: Measurement) -> str:

@@ -11,11 +11,10 @@ never see each other's events or rows.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import contextlib
 import os
 import shutil
 import subprocess
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -82,61 +81,16 @@ def stack() -> Iterator[Settings]:
         c.stop()  # type: ignore[attr-defined]
 
 
-async def _create_database(settings: Settings, name: str) -> str:
-    import asyncpg
-
-    from lpt.db import migrate
-
-    conn = await asyncpg.connect(settings.dsn)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    base, _, _ = settings.dsn.rpartition("/")
-    dsn = f"{base}/{name}"
-    await migrate(dataclasses.replace(settings, database_url=dsn))
-    return dsn
-
-
-async def _drop_database(settings: Settings, name: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(settings.dsn)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
 @pytest.fixture
 async def isolated_settings(stack: Settings) -> AsyncIterator[Settings]:
     """Settings with a fresh topic prefix (topics created) and a fresh migrated database."""
-    from lpt.kafka import ensure_topics
+    from lpt.scratch import create_scratch, delete_topics, drop_database
 
-    tag = uuid.uuid4().hex[:10]
-    name = f"t_{tag}"
-    dsn = await _create_database(stack, name)
-    settings = dataclasses.replace(stack, database_url=dsn, topic_prefix=f"t{tag}.")
-    await ensure_topics(settings)
+    settings = await create_scratch(stack, "t")
     yield settings
-    await _drop_database(stack, name)
-    await _delete_topics(stack, settings.topic_prefix)
-
-
-async def _delete_topics(settings: Settings, prefix: str) -> None:
-    """Remove a test's topics: thousands of leftover partitions exhaust the broker's files."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
-    await admin.start()
-    try:
-        topics = [t for t in await admin.list_topics() if t.startswith(prefix)]
-        if topics:
-            await admin.delete_topics(topics)
-    except Exception:  # cleanup must never fail a test
-        pass
-    finally:
-        await admin.close()
+    await drop_database(settings)
+    with contextlib.suppress(Exception):  # topic cleanup must never fail a test
+        await delete_topics(settings)
 
 
 @pytest.fixture(scope="session")

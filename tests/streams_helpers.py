@@ -17,7 +17,7 @@ from typing import Any
 
 import asyncpg
 
-from lpt.db import migrate
+from lpt.scratch import create_database
 from lpt.settings import Settings
 from streams.cli import fetch_cells, wait_until_idle
 
@@ -79,26 +79,7 @@ class Worker:
 
 async def new_database(settings: Settings) -> Settings:
     """Settings pointing at a fresh migrated database (same Kafka and topics)."""
-    name = f"t_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(settings.dsn)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    dsn = settings.dsn.rpartition("/")[0] + f"/{name}"
-    out = dataclasses.replace(settings, database_url=dsn)
-    await migrate(out)
-    return out
-
-
-async def drop_database(settings: Settings) -> None:
-    name = settings.dsn.rpartition("/")[2]
-    base = settings.dsn.rpartition("/")[0] + "/lpt"
-    conn = await asyncpg.connect(base)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    return await create_database(settings, f"t_{uuid.uuid4().hex[:10]}")
 
 
 def with_app(settings: Settings, app_id: str) -> Settings:

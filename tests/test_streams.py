@@ -33,6 +33,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from lpt.geo import ForceArea
 from lpt.kafka import dead_letter_topic_name, make_producer, publish, publish_raw, topic_name
+from lpt.scratch import drop_database
 from lpt.settings import Settings
 from schemas.common import EncryptedField, Location
 from schemas.crime import CrimeReported, CrimeUpdated
@@ -47,7 +48,6 @@ from tests.streams_helpers import (
     Worker,
     cells,
     comparable,
-    drop_database,
     force_row,
     new_database,
     wait_idle,
