@@ -81,6 +81,9 @@ def present(row: dict[str, Any], level: Level) -> dict[str, Any]:
         str(s.get("street") or s.get("name") or "") if isinstance(s, dict) else str(s)
         for s in streets
     ]
+    # The worker writes {street, harm, crimes} per street: the names drive the headings and
+    # the actions, the figures let an officer see why one street comes before another.
+    street_figures = [s for s in streets if isinstance(s, dict)]
     stored_actions = _json(row.get("actions"))
     out = {
         "level": level,
@@ -93,6 +96,7 @@ def present(row: dict[str, Any], level: Level) -> dict[str, Any]:
         "reasons": reasons,
         "actions": stored_actions if stored_actions else recommended_actions(reasons, street_names),
         "streets": street_names,
+        "street_figures": street_figures,
         "ward_code": row.get("ward_code"),
         "local_authority_code": row.get("local_authority_code"),
         "as_of": _iso(row.get("as_of")),
@@ -100,6 +104,13 @@ def present(row: dict[str, Any], level: Level) -> dict[str, Any]:
         "survey": _json(row.get("survey")),
         "engagement": _json(row.get("engagement")) or {},
     }
+    # ``extra`` holds what only some levels have: an authority's name, the force's context
+    # counts (crimes outside the force area or unlocated: shown, never scored).
+    extra = _json(row.get("extra")) or {}
+    if extra.get("name"):
+        out["name"] = extra["name"]
+    if level == "force" and extra.get("context") is not None:
+        out["context"] = extra["context"]
     if level in H3_LEVELS:
         lat, lng = h3.cell_to_latlng(row["area_id"])
         out["centre"] = {"lat": round(lat, 6), "lng": round(lng, 6)}
