@@ -5,11 +5,25 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Literal, Self
 
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from schemas.envelope import Envelope
 
 SetupId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+class SetupTargets(BaseModel):
+    """What a set-up aims for; a figure left out (None) has no target.
+
+    Carried in the events (not only kept by the officer app) because Kafka is the source of
+    truth: a replay of ``setups.lifecycle`` must rebuild the progress reports' targets too.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    doors: int | None = Field(default=None, ge=0, le=1_000_000)
+    registrations: int | None = Field(default=None, ge=0, le=1_000_000)
+    survey_responses: int | None = Field(default=None, ge=0, le=1_000_000)
 
 
 class _SetupEvent(Envelope):
@@ -27,6 +41,8 @@ class SetupCreated(_SetupEvent):
     ends_on: date
     revisit_registered: bool = False
     created_by: str = Field(min_length=1, max_length=64)
+    #: Optional so events published before targets travelled still decode (None: not given).
+    targets: SetupTargets | None = None
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -43,6 +59,8 @@ class SetupUpdated(_SetupEvent):
     goal: str | None = Field(default=None, max_length=2000)
     ends_on: date | None = None
     revisit_registered: bool | None = None
+    #: New targets, replacing the old ones as a whole; None leaves them as they were.
+    targets: SetupTargets | None = None
 
 
 class SetupArchived(_SetupEvent):

@@ -29,7 +29,7 @@ from schemas.engagement import DoorKnocked, SurveyAnswered
 from schemas.envelope import Envelope
 from schemas.registry import InvalidEvent, decode
 from schemas.residents import ResidentRegistered
-from schemas.setups import SetupArchived, SetupCreated, SetupUpdated
+from schemas.setups import SetupArchived, SetupCreated, SetupTargets, SetupUpdated
 from schemas.topics import DOORKNOCKS, RESIDENTS, SETUPS, SURVEYS
 
 log = get_logger(__name__)
@@ -52,14 +52,48 @@ def group_id(settings: Settings) -> str:
     return f"{settings.topic_prefix}officer-app.projection"
 
 
+def _target_args(targets: SetupTargets | None) -> tuple[int | None, int | None, int | None, bool]:
+    """The target parameters; an event without targets (older events) leaves them alone."""
+    t = targets or SetupTargets()
+    return t.doors, t.registrations, t.survey_responses, targets is not None
+
+
+# Each statement writes the set-up's targets only when its first part (``applied``) wrote the
+# set-up's row: a redelivered, replayed-over or outdated event changes no targets either.
+_CREATE = """
+WITH applied AS (
+    INSERT INTO officer_setups (setup_id, name, goal, area_cells, ward_codes, community_group,
+        starts_on, ends_on, revisit_registered, created_by, created_at, updated_at,
+        last_event_id)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12)
+    ON CONFLICT (setup_id) DO NOTHING
+    RETURNING setup_id)
+INSERT INTO officer_setup_targets (setup_id, doors, registrations, survey_responses)
+SELECT setup_id, $13::int, $14::int, $15::int FROM applied WHERE $16::bool
+ON CONFLICT (setup_id) DO UPDATE SET doors = EXCLUDED.doors,
+    registrations = EXCLUDED.registrations, survey_responses = EXCLUDED.survey_responses"""
+
+# Updates to an archived set-up are ignored: archived means read-only. An update older (in
+# event time) than the state it would overwrite is a replay: skipped.
+_UPDATE = """
+WITH applied AS (
+    UPDATE officer_setups SET name = COALESCE($2, name), goal = COALESCE($3, goal),
+        ends_on = COALESCE($4, ends_on), revisit_registered = COALESCE($5, revisit_registered),
+        updated_at = $6, last_event_id = $7
+    WHERE setup_id = $1 AND archived_at IS NULL AND last_event_id <> $7 AND updated_at <= $6
+    RETURNING setup_id)
+INSERT INTO officer_setup_targets (setup_id, doors, registrations, survey_responses)
+SELECT setup_id, $8::int, $9::int, $10::int FROM applied WHERE $11::bool
+ON CONFLICT (setup_id) DO UPDATE SET doors = EXCLUDED.doors,
+    registrations = EXCLUDED.registrations, survey_responses = EXCLUDED.survey_responses"""
+
+
 async def apply_setup(conn: asyncpg.Connection | asyncpg.Pool, event: Envelope) -> None:
+    """One set-up event into ``officer_setups`` and its targets (which travel in the events,
+    so a replay of the topic rebuilds them too)."""
     if isinstance(event, SetupCreated):
         await conn.execute(
-            """INSERT INTO officer_setups (setup_id, name, goal, area_cells, ward_codes,
-                   community_group, starts_on, ends_on, revisit_registered, created_by,
-                   created_at, updated_at, last_event_id)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12)
-               ON CONFLICT (setup_id) DO NOTHING""",
+            _CREATE,
             event.setup_id,
             event.name,
             event.goal,
@@ -72,17 +106,11 @@ async def apply_setup(conn: asyncpg.Connection | asyncpg.Pool, event: Envelope) 
             event.created_by,
             event.occurred_at,
             event.event_id,
+            *_target_args(event.targets),
         )
     elif isinstance(event, SetupUpdated):
-        # Updates to an archived set-up are ignored: archived means read-only. An update older
-        # (in event time) than the state it would overwrite is a replay: skipped.
         await conn.execute(
-            """UPDATE officer_setups SET name = COALESCE($2, name), goal = COALESCE($3, goal),
-                   ends_on = COALESCE($4, ends_on),
-                   revisit_registered = COALESCE($5, revisit_registered),
-                   updated_at = $6, last_event_id = $7
-               WHERE setup_id = $1 AND archived_at IS NULL AND last_event_id <> $7
-                 AND updated_at <= $6""",
+            _UPDATE,
             event.setup_id,
             event.name,
             event.goal,
@@ -90,6 +118,7 @@ async def apply_setup(conn: asyncpg.Connection | asyncpg.Pool, event: Envelope) 
             event.revisit_registered,
             event.occurred_at,
             event.event_id,
+            *_target_args(event.targets),
         )
     elif isinstance(event, SetupArchived):
         await conn.execute(

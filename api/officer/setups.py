@@ -1,7 +1,8 @@
 """Targeted set-ups (priority campaigns): create, update, archive, read, progress report.
 
-Every change is first published to ``setups.lifecycle`` (the truth, which the notification
-worker and the stream processors also read) and then applied to the app's projection at once.
+Every change, targets included, is first published to ``setups.lifecycle`` (the truth, which
+the notification worker and the stream processors also read) and then applied to the app's
+projection at once; a replay of the topic therefore rebuilds set-ups and their targets.
 Archiving makes a set-up read-only; nothing about it is ever deleted, so its report stays.
 """
 
@@ -33,7 +34,7 @@ from api.officer.state import officer_state
 from lpt.kafka import publish
 from lpt.logs import get_logger
 from schemas.envelope import Envelope, utcnow
-from schemas.setups import SetupArchived, SetupCreated, SetupUpdated
+from schemas.setups import SetupArchived, SetupCreated, SetupTargets, SetupUpdated
 
 log = get_logger(__name__)
 
@@ -41,12 +42,13 @@ SOURCE = "officer-app"
 Code = Annotated[str, StringConstraints(pattern=r"^[A-Z][0-9]{8}$")]
 
 
-class Targets(BaseModel):
+class Targets(SetupTargets):
+    """The request body's targets: the event's model, so the limits are stated once."""
+
     model_config = ConfigDict(extra="forbid")
 
-    doors: int | None = Field(default=None, ge=0, le=1_000_000)
-    registrations: int | None = Field(default=None, ge=0, le=1_000_000)
-    survey_responses: int | None = Field(default=None, ge=0, le=1_000_000)
+    def for_event(self) -> SetupTargets:
+        return SetupTargets.model_validate(self.model_dump())
 
 
 class SetupIn(BaseModel):
@@ -156,19 +158,6 @@ async def _publish(request: web.Request, event: Envelope) -> None:
     await apply_setup(officer_state(request).pool, event)
 
 
-async def _save_targets(request: web.Request, setup_id: str, t: Targets) -> None:
-    await officer_state(request).pool.execute(
-        """INSERT INTO officer_setup_targets (setup_id, doors, registrations, survey_responses)
-           VALUES ($1, $2, $3, $4)
-           ON CONFLICT (setup_id) DO UPDATE SET doors = $2, registrations = $3,
-               survey_responses = $4""",
-        setup_id,
-        t.doors,
-        t.registrations,
-        t.survey_responses,
-    )
-
-
 async def create_setup(request: web.Request, account: Account, data: SetupIn) -> dict[str, Any]:
     index = await officer_state(request).areas.get()
     if not account.scope.force_wide:
@@ -190,8 +179,8 @@ async def create_setup(request: web.Request, account: Account, data: SetupIn) ->
         ends_on=data.ends_on,
         revisit_registered=data.revisit_registered,
         created_by=account.account_id,
+        targets=data.targets.for_event(),  # in the event: a replay of the topic keeps them
     )
-    await _save_targets(request, setup_id, data.targets)
     await _publish(request, event)
     log.info("officer.setup_created", setup_id=setup_id, by=account.account_id)
     return await setup_json(request, account, setup_id)
@@ -205,10 +194,9 @@ async def update_setup(
         raise HTTPProblem(409, "this set-up is archived and read-only", "setup_id")
     if patch.ends_on is not None and patch.ends_on < row["starts_on"]:
         raise HTTPProblem(422, "ends_on is before starts_on", "ends_on")
-    if patch.targets is not None:
-        await _save_targets(request, setup_id, patch.targets)
     if any(
-        v is not None for v in (patch.name, patch.goal, patch.ends_on, patch.revisit_registered)
+        v is not None
+        for v in (patch.name, patch.goal, patch.ends_on, patch.revisit_registered, patch.targets)
     ):
         await _publish(
             request,
@@ -220,6 +208,7 @@ async def update_setup(
                 goal=patch.goal,
                 ends_on=patch.ends_on,
                 revisit_registered=patch.revisit_registered,
+                targets=patch.targets.for_event() if patch.targets is not None else None,
             ),
         )
     return await setup_json(request, account, setup_id)
