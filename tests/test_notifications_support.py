@@ -154,8 +154,13 @@ async def add_people(
     specs: Sequence[tuple[str | None, str | None]],
     groups: Sequence[Sequence[str]] | None = None,
     channels: Sequence[str] = ("email",),
+    confirmed: bool = True,
 ) -> list[Person]:
-    """Residents (cell, ward) with e-mail addresses, straight into the identity vault."""
+    """Residents (cell, ward) with e-mail addresses, straight into the identity vault.
+
+    ``confirmed``: their e-mail addresses are confirmed (as by the sign-up link); e-mail goes
+    only to confirmed addresses.
+    """
     vault = IdentityVault(pool, load_master_key(settings.master_key_file))
     people: list[Person] = []
     for i, (cell, ward) in enumerate(specs):
@@ -175,6 +180,11 @@ async def add_people(
             )
         )
         people.append(Person(key.resident_id, email, cell, ward))
+    if confirmed and people:
+        await pool.execute(
+            "UPDATE identity_people SET email_confirmed_at = now() WHERE resident_id = ANY($1)",
+            [p.resident_id for p in people],
+        )
     return people
 
 

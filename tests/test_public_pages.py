@@ -34,6 +34,7 @@ from schemas.topics import NOTIFICATIONS_REQUESTED, REPLIES, RESIDENTS, SURVEYS
 from tests.test_public_support import (  # noqa: F401 - the fixture
     WARD,
     Site,
+    confirm_email,
     csrf_token,
     database_dump,
     events_on,
@@ -360,6 +361,7 @@ async def test_one_click_unsubscribe_stops_messages_at_once(site: Site) -> None:
     other, _, _ = unique_person()
     rid, _ = await register(site, email=email)
     await register(site, email=other)
+    await confirm_email(site, other)
     [mail] = site.inbox.to(email)
     header = mail["List-Unsubscribe"]
     path = header.strip("<>").removeprefix("https://lpt.example.org")
@@ -422,12 +424,17 @@ async def add_residents(site: Site, n: int, ward: str | None, cell: str | None) 
             )
         )
         ids.append(key.resident_id)
+    # E-mail goes only to confirmed addresses: these are confirmed, as by their sign-up link.
+    await site.pool.execute(
+        "UPDATE identity_people SET email_confirmed_at = now() WHERE resident_id = ANY($1)", ids
+    )
     return ids
 
 
 async def test_survey_link_is_personal_single_use_and_the_concern_is_sealed(site: Site) -> None:
     email, _, _ = unique_person()
     rid, _ = await register(site, email=email)
+    await confirm_email(site, email)
     cell = await site.pool.fetchval("SELECT cell FROM identity_people WHERE resident_id = $1", rid)
     neighbours = await add_residents(site, 10, WARD, cell)
     [elsewhere] = await add_residents(site, 1, None, None)
@@ -505,6 +512,7 @@ async def test_survey_link_is_personal_single_use_and_the_concern_is_sealed(site
 async def test_reply_link_records_the_reply_once_in_the_area_inbox(site: Site) -> None:
     email, _, _ = unique_person()
     rid, _ = await register(site, email=email)
+    await confirm_email(site, email)
     await (await site.dispatcher()).handle(notice("n-reply", WARD))
     [update] = [m for m in site.inbox.to(email) if m["Subject"] == "Road closure on Whitefriargate"]
     path = link_in(update, "reply")
@@ -552,6 +560,7 @@ async def manage_link(site: Site, contact: str, email: str) -> str:
 async def test_settings_link_changes_preferences_for_the_next_message(site: Site) -> None:
     email, _, _ = unique_person()
     rid, _ = await register(site, email=email)
+    await confirm_email(site, email)
     # Asking with an address nobody signed up with looks the same and sends nothing.
     stranger, _, _ = unique_person()
     status, page = await post_form(site.client, "/manage", [("contact", stranger)])

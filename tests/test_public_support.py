@@ -247,6 +247,15 @@ async def register(site: Site, **kwargs: Any) -> tuple[str, str]:
     return str(rid), page
 
 
+async def confirm_email(site: Site, email: str) -> None:
+    """Press the button behind the link in the sign-up e-mail, as the resident does (e-mail
+    goes only to confirmed addresses)."""
+    [mail] = [m for m in site.inbox.to(email) if m["Subject"] == "Confirm your email address"]
+    path = link_in(mail, "confirm")
+    status, page = await post_form(site.client, path, [])
+    assert status == 200, page
+
+
 def link_in(message: EmailMessage, kind: str) -> str:
     """The path of the first ``/kind/...`` link in a message body."""
     for path in LINK_RE.findall(message.get_content()):

@@ -122,8 +122,9 @@ async def issue_wave(
 ) -> WaveIssued:
     """Invite every registered resident not yet invited to ``wave`` (for the worker to send).
 
-    Residents who opted out, turned survey invitations off or take urgent alerts only are not
-    invited (and not counted in the response rates). Calling it again later in the quarter
+    Residents who opted out, turned survey invitations off, take urgent alerts only or can be
+    reached only at an e-mail address they have not confirmed are not invited (and not counted
+    in the response rates). Calling it again later in the quarter
     invites only those who registered since. The requests are published inside the
     transaction that records the invitations, so a Kafka failure leaves nothing half done; their
     ids are deterministic, so the worker treats a re-published request as the same one.
@@ -145,6 +146,8 @@ async def issue_wave(
                FROM identity_people p
                LEFT JOIN notification_preferences n USING (resident_id)
                WHERE p.opted_out_at IS NULL
+                 AND (p.email_confirmed_at IS NOT NULL
+                      OR EXISTS (SELECT 1 FROM unnest(p.channels) c WHERE c <> 'email'))
                  AND (n.topics IS NULL OR $3 = ANY(n.topics))
                  AND COALESCE(n.max_per_week, 1) > 0
                ON CONFLICT (wave, resident_id) DO NOTHING""",

@@ -8,6 +8,12 @@ residents of different ethnic groups in one area are selected alike).
 Opted-out residents are never selected (``opted_out_at IS NULL``); erased residents have no
 identity row left, so they cannot be selected either. The worker checks again at send time.
 
+E-mail goes only to confirmed addresses (``email_confirmed_at``, set by the link in the sign-up
+e-mail, :mod:`api.public.confirm`): anyone can type someone else's address into the sign-up
+form, and that person never opted in. So the e-mail channel of an unconfirmed registration is
+dropped here, and a resident left with no channel is not selected at all (nothing is charged
+to their budget, no outbox row is written). Their other channels (SMS, push) still count.
+
 How the criteria combine: the area is the union of its cells and wards; a community group
 given together with an area selects the group's members *in* that area (a set-up "for this
 group in this ward"), alone it selects all its members; named residents are added. A set-up
@@ -46,6 +52,7 @@ COLUMNS_READ = frozenset(
         "channels",
         "community_groups",
         "opted_out_at",
+        "email_confirmed_at",
     }
 )
 
@@ -170,6 +177,7 @@ selected AS (
       )
 )
 SELECT p.resident_id, p.channels, p.cell, p.ward_code,
+       p.email_confirmed_at IS NOT NULL AS email_confirmed,
        pref.channels AS pref_channels, pref.topics, pref.quiet_start, pref.quiet_end,
        pref.timezone, pref.max_per_week,
        COALESCE(charges.n, 0) AS charges_in_window
@@ -196,7 +204,8 @@ def preferences_from_row(row: asyncpg.Record) -> Preferences:
 
 
 def channels_from_row(row: asyncpg.Record) -> tuple[str, ...]:
-    registered = tuple(row["channels"])
+    """The channels a message may use: chosen (or registered), e-mail only once confirmed."""
+    registered = tuple(c for c in row["channels"] if c != "email" or row["email_confirmed"])
     chosen = row["pref_channels"]
     if chosen is None:
         return registered
@@ -206,7 +215,10 @@ def channels_from_row(row: asyncpg.Record) -> tuple[str, ...]:
 async def resolve(
     conn: asyncpg.Connection, criteria: Criteria, message_id: str, now: datetime
 ) -> list[Recipient]:
-    """The residents a request reaches (one query), with their preferences and budget use."""
+    """The residents a request reaches (one query), with their preferences and budget use.
+
+    Residents with no usable channel (typically: e-mail only, not yet confirmed) are left out.
+    """
     rows: Sequence[asyncpg.Record] = await conn.fetch(
         AUDIENCE_SQL,
         list(criteria.cell_ids),
@@ -218,15 +230,20 @@ async def resolve(
         now - WINDOW,
         message_id,
     )
-    return [
-        Recipient(
-            resident_id=r["resident_id"],
-            channels=channels_from_row(r),
-            cell=r["cell"],
-            ward_code=r["ward_code"],
-            prefs=preferences_from_row(r),
-            topics=tuple(r["topics"]) if r["topics"] is not None else None,
-            charges_in_window=int(r["charges_in_window"]),
+    recipients: list[Recipient] = []
+    for r in rows:
+        channels = channels_from_row(r)
+        if not channels:
+            continue
+        recipients.append(
+            Recipient(
+                resident_id=r["resident_id"],
+                channels=channels,
+                cell=r["cell"],
+                ward_code=r["ward_code"],
+                prefs=preferences_from_row(r),
+                topics=tuple(r["topics"]) if r["topics"] is not None else None,
+                charges_in_window=int(r["charges_in_window"]),
+            )
         )
-        for r in rows
-    ]
+    return recipients

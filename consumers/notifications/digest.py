@@ -37,7 +37,8 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 _WAITING_SQL = """
-SELECT p.resident_id, p.channels, pref.channels AS pref_channels, pref.quiet_start,
+SELECT p.resident_id, p.channels, p.email_confirmed_at IS NOT NULL AS email_confirmed,
+       pref.channels AS pref_channels, pref.quiet_start,
        pref.quiet_end, pref.timezone, pref.max_per_week, COALESCE(c.n, 0) AS charges_in_window
 FROM (SELECT DISTINCT resident_id FROM notification_held WHERE digest_id IS NULL) h
 JOIN identity_people p USING (resident_id)

@@ -316,9 +316,15 @@ async def claim_due(
 async def contacts(
     conn: asyncpg.Connection | asyncpg.Pool, resident_ids: Sequence[str]
 ) -> dict[str, Contact]:
-    """Current contact details; residents erased since the decision are simply absent."""
+    """Current contact details; residents erased since the decision are simply absent.
+
+    An e-mail address counts only once confirmed (the audience already requires it; read again
+    here so that a message decided earlier never goes to an address that is not confirmed now).
+    """
     rows = await conn.fetch(
-        """SELECT resident_id, email, phone, cell, ward_code, opted_out_at
+        """SELECT resident_id,
+                  CASE WHEN email_confirmed_at IS NOT NULL THEN email END AS email,
+                  phone, cell, ward_code, opted_out_at
            FROM identity_people WHERE resident_id = ANY($1::text[])""",
         list(resident_ids),
     )
