@@ -2,11 +2,10 @@
 
 Public endpoints (registration, opt-out, erasure, survey answers) validate strictly and answer
 with identifiers only: nothing the person sent is repeated back. The officer-side door-knock
-endpoint needs an API key for now.
+endpoint needs a caller it can hold to account: a system with an API key (the gateway's
+``X-API-Key``, the officer named by ``officer_id``) or a logged-in officer (session cookie and
+CSRF token; the officer is the session's account, never the body's). Neither: 401.
 
-TODO(officer login): door knocks use the gateway's ``X-API-Key`` mechanism until the officer
-app's login (a later issue) exists; then the officer pseudonym must come from the session, not
-the body.
 TODO(resident tokens): opt-out, erasure and survey answers are authorised by the resident id
 alone (an unguessable random token). The single-use, expiring links of the notification issue
 (DESIGN §6) should replace that as the proof that the caller is the person.
@@ -20,8 +19,11 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from api.context import RESOURCES
-from api.http import HTTPProblem, parse_body, read_json, validation_problem
+from api.http import API_KEY_HEADER, HTTPProblem, parse_body, read_json, validation_problem
 from api.ingest import API_KEYS
+from api.officer.access import session_token
+from api.officer.doorknocks import knock_from_session
+from api.officer.state import OFFICER
 from producers.intake import (
     DoorKnockReport,
     IntakeError,
@@ -105,7 +107,10 @@ async def survey_answer(request: web.Request) -> web.Response:
 
 
 async def door_knock(request: web.Request) -> web.Response:
-    system = request.app[API_KEYS].authenticate(request)  # TODO(officer login), see module doc
+    # A key wins when both are sent: a device holding a key is a system, whatever cookie it has.
+    if API_KEY_HEADER not in request.headers and OFFICER in request.app and session_token(request):
+        return await knock_from_session(request)
+    system = request.app[API_KEYS].authenticate(request)  # 401 without a valid key
     report = await parse_body(request, DoorKnockReport)
     try:
         done = await request.app[RESOURCES].intake.record_door_knock(report, source=system)

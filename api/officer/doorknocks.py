@@ -243,8 +243,32 @@ async def record_knock(request: web.Request, account: Account, knock: KnockIn) -
         "event_id": str(done.event_id),
         "postcode": postcode,
         "outcome": knock.outcome,
+        "unlocated": done.cell is None,
         "hidden_until_end_of_day": knock.outcome == "no_answer" and key is not None,
     }
+
+
+class IntakeKnockIn(KnockIn):
+    """The intake's door-knock body (``POST /api/v1/doorknocks``) from a logged-in officer.
+
+    Machine callers name the officer in ``officer_id``; for a session the officer is the
+    account, so the field may be left out and, if given, must be the account's own id.
+    """
+
+    officer_id: str | None = Field(default=None, min_length=1, max_length=64)
+
+
+async def knock_from_session(request: web.Request) -> web.Response:
+    """``POST /api/v1/doorknocks`` with an officer session instead of an API key: the same
+    rules as ``/api/v1/knocks`` (role, CSRF, area scope, set-up not archived)."""
+    account = await require(request, FIELD)
+    body = await parse_body(request, IntakeKnockIn)
+    if body.officer_id is not None and body.officer_id != account.account_id:
+        raise HTTPProblem(
+            403, "officer_id must be your own account id (it comes from your session)", "officer_id"
+        )
+    knock = KnockIn.model_validate(body.model_dump(exclude={"officer_id"}))
+    return web.json_response(await record_knock(request, account, knock), status=202)
 
 
 # -- handlers ---------------------------------------------------------------------------------
