@@ -161,3 +161,116 @@ def test_grafana_is_provisioned_with_the_dashboard() -> None:
     dashboard = json.loads((mounts[provider["options"]["path"]] / "lpt.json").read_text())
     sources = {t["datasource"]["uid"] for p in dashboard["panels"] for t in p.get("targets", [])}
     assert sources == {datasource["uid"]}
+
+
+# -- the image: web assets from npm, templates and static files as package data ---------------
+
+_PACKAGES = ("lpt", "schemas", "producers", "streams", "consumers", "api", "reference", "identity")
+
+
+def dockerfile_stages() -> list[tuple[str, str | None, list[str]]]:
+    """(base image, stage name, instructions) per ``FROM``; line continuations joined."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    stages: list[tuple[str, str | None, list[str]]] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.upper().startswith("FROM "):
+            parts = line.split()
+            alias = parts[3] if len(parts) >= 4 and parts[2].upper() == "AS" else None
+            stages.append((parts[1], alias, []))
+        else:
+            stages[-1][2].append(line)
+    return stages
+
+
+def test_image_installs_the_web_assets_with_npm_ci() -> None:
+    """Leaflet and GOV.UK Frontend come from ``npm ci`` on the lock file in an official node
+    stage, and land at <workdir>/web/node_modules where the app looks for them."""
+    from api.officer import LEAFLET_DIR
+    from api.public.assets import GOVUK_DIST
+    from lpt.settings import PROJECT_ROOT
+
+    stages = dockerfile_stages()
+    node = [(base, alias, lines) for base, alias, lines in stages if base.startswith("node:")]
+    assert len(node) == 1, "one build stage on the official node image"
+    _, alias, lines = node[0]
+    assert alias, "the node stage needs a name for COPY --from"
+    node_workdir = next(ln.split()[1] for ln in lines if ln.startswith("WORKDIR "))
+    copies = [ln for ln in lines if ln.startswith("COPY ")]
+    assert any("web/package.json" in c and "web/package-lock.json" in c for c in copies)
+    ci = [ln for ln in lines if ln.startswith("RUN ") and "npm ci" in ln]
+    assert ci, "the node stage must run npm ci (the lock file, not npm install)"
+    assert (ROOT / "web" / "package-lock.json").is_file()
+
+    base, _, final = stages[-1]
+    assert base.startswith("python:3.11"), "the image that runs is the Python one"
+    workdir = next(ln.split()[1] for ln in final if ln.startswith("WORKDIR "))
+    wanted = f"COPY --from={alias} {node_workdir}/node_modules ./web/node_modules"
+    assert wanted in final, f"the final stage must copy node_modules: {wanted}"
+    assert not any("npm" in ln for ln in final), "no Node.js in the image that runs"
+    # The app finds the assets under PROJECT_ROOT (the parent of lpt/): that is the workdir
+    # only when the project is installed editable there (a plain install runs from
+    # site-packages, which has no web/).
+    install = next(ln for ln in final if ln.startswith("RUN ") and "pip install" in ln)
+    assert re.search(r"pip install .*(-e|--editable) \.", install), install
+    assert workdir == "/app"
+    for asset_dir in (LEAFLET_DIR, GOVUK_DIST):
+        assert asset_dir.relative_to(PROJECT_ROOT).parts[:2] == ("web", "node_modules")
+    package_lock = json.loads((ROOT / "web" / "package-lock.json").read_text())["packages"]
+    for name in ("leaflet", "govuk-frontend"):
+        assert f"node_modules/{name}" in package_lock, f"{name} is not in the lock file"
+
+    # The host's own node_modules and virtualenv never enter the build context.
+    ignored = {
+        ln.strip()
+        for ln in (ROOT / ".dockerignore").read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    }
+    assert {"web/node_modules", ".venv", ".lpt"} <= ignored
+
+
+def test_package_data_ships_every_template_and_static_file() -> None:
+    """Every non-Python file in the packages (templates, CSS, JS, SQL, data) is declared
+    package data, so a wheel carries it: its directory is a package setuptools finds and a
+    ``package-data`` pattern matches its name (declared, not left to include-package-data's
+    guesses). The folders the app reads templates and static files from are among them, and
+    the image copies them."""
+    import fnmatch
+    import tomllib
+
+    from setuptools import find_namespace_packages
+
+    from api.officer import STATIC_DIR as OFFICER_STATIC
+    from api.officer.pages import TEMPLATES as OFFICER_TEMPLATES
+    from api.public.assets import OWN_STATIC as PUBLIC_STATIC
+    from api.public.render import TEMPLATES as PUBLIC_TEMPLATES
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    find = config["packages"]["find"]
+    assert find.get("namespaces", True), "template folders without __init__.py need namespaces"
+    found = set(find_namespace_packages(where=str(ROOT), include=find["include"]))
+    patterns: list[str] = config["package-data"]["*"]
+
+    shipped: set[Path] = set()
+    for pkg in _PACKAGES:
+        for path in (ROOT / pkg).rglob("*"):
+            if not path.is_file() or "__pycache__" in path.parts or path.suffix in (".py", ".pyc"):
+                continue
+            package = ".".join(path.parent.relative_to(ROOT).parts)
+            assert package in found, f"{path.relative_to(ROOT)}: {package} is not a package"
+            assert any(fnmatch.fnmatch(path.name, p) for p in patterns), (
+                f"{path.relative_to(ROOT)} matches no [tool.setuptools.package-data] pattern"
+            )
+            shipped.add(path)
+    for folder, kinds in (
+        (OFFICER_TEMPLATES, {".html"}),
+        (PUBLIC_TEMPLATES, {".html"}),
+        (OFFICER_STATIC, {".css", ".js"}),
+        (PUBLIC_STATIC, {".css", ".mjs"}),
+    ):
+        files = {p for p in folder.iterdir() if p.suffix in kinds}
+        assert files and files <= shipped, folder
+        top = folder.relative_to(ROOT).parts[0]
+        assert f"COPY {top} ./{top}" in (ROOT / "Dockerfile").read_text()
