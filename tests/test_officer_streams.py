@@ -191,7 +191,8 @@ async def test_officer_api_shows_what_the_stream_worker_wrote(
         text = await page.text()
         for reason in _json(top_hull["reasons"]):
             assert str(escape(reason["text"])) in text
-        assert str(escape(_json(top_hull["streets"])[0]["street"])) in text
+        first_street = _json(top_hull["streets"])[0]
+        assert str(escape(f"{first_street['street']} ({first_street['crimes']} crime")) in text
         listing = await officer.get("/officer/list?level=9")
         assert listing.status == 200
         assert top_hull["area_id"] in await listing.text()
