@@ -18,8 +18,11 @@ which key opens the stored rows and finishes (or discards a stale ``.new``).
 
 Processes that hold the master key in memory (the web service, the notification workers) must
 be stopped during the rotation and started afterwards: a key they wrap with the old master
-after the rotation would be unreadable. Keys *derived* from the master (the public pages' CSRF
-key, unsubscribe links) change with it: see docs/operations.md before rotating.
+after the rotation would be unreadable. The public pages' CSRF key is derived from the master
+and changes with it (a form open during the rotation must be reloaded). Unsubscribe links are
+signed with the link key (:mod:`identity.linkkey`), a secret of its own: the rotation makes
+sure it exists (seeded from the current master key, which links mailed before it existed were
+signed with) before the master key changes, so links already mailed keep working.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import asyncpg
 from tqdm import tqdm
 
 from identity.crypto import KEY_BYTES, SealError, new_key, unwrap_key, wrap_key
+from identity.linkkey import load_link_key
 from lpt.db import connect
 from lpt.logs import get_logger
 from lpt.settings import Settings, get_settings
@@ -109,6 +113,7 @@ async def rotate_master_key(
     if not path.exists():
         raise RotationError(f"no master key at {path}: nothing to rotate")
     old = _read_key(path)
+    load_link_key(settings)  # before the master changes: mailed unsubscribe links stay valid
     pending = _pending(path)
     conn = await connect(settings)
     try:
@@ -171,8 +176,8 @@ def cli(args: argparse.Namespace) -> int:
     if not args.yes:
         print(
             "Stop the web service and the notification workers first (they hold the master key\n"
-            "in memory), and read docs/operations.md 'Rotating keys' (unsubscribe links in\n"
-            "messages already sent are derived from the master key). Then run again with --yes.",
+            "in memory), and read docs/operations.md 'Rotating keys and secrets'. Then run\n"
+            "again with --yes.",
             file=sys.stderr,
         )
         return 2

@@ -134,6 +134,19 @@ class Settings:
             "doc": "Master key wrapping per-person keys (created if missing)",
         }
     )
+    link_key_file: Path = field(
+        metadata={
+            "env": "LPT_LINK_KEY_FILE",
+            "doc": "Key signing residents' unsubscribe links; survives master-key rotation "
+            "(created if missing)",
+        }
+    )
+    survey_auto_waves: bool = field(
+        metadata={
+            "env": "LPT_SURVEY_AUTO_WAVES",
+            "doc": "Notification worker opens each quarter's survey wave by itself (0 = off)",
+        }
+    )
     score_change_threshold: float = field(
         metadata={
             "env": "LPT_SCORE_CHANGE_THRESHOLD",
@@ -253,6 +266,8 @@ class Settings:
             stream_workers=_env_int("LPT_STREAM_WORKERS", 1),
             stream_app_id=_env("LPT_STREAM_APP_ID", ""),
             master_key_file=Path(_env("LPT_MASTER_KEY_FILE", str(home / "secrets" / "master.key"))),
+            link_key_file=Path(_env("LPT_LINK_KEY_FILE", str(home / "secrets" / "link.key"))),
+            survey_auto_waves=_env("LPT_SURVEY_AUTO_WAVES", "1") not in ("0", "false", "no"),
             score_change_threshold=_env_float("LPT_SCORE_CHANGE_THRESHOLD", 0.1),
             public_url=_env("LPT_PUBLIC_URL", ""),
             smtp_url=_env("LPT_SMTP_URL", "smtp://127.0.0.1:1025"),

@@ -37,10 +37,10 @@ from consumers.notifications.retry import Backoff
 from consumers.notifications.tokens import (
     check_reply_token,
     token_hash,
-    unsubscribe_key,
     verify_unsubscribe_token,
 )
 from identity.crypto import load_master_key
+from identity.linkkey import load_link_key
 from identity.vault import IdentityVault
 from schemas.notifications import Audience
 
@@ -57,7 +57,7 @@ async def test_emails_delivered_with_list_unsubscribe_and_reply_link(env: Env) -
     summary = await env.dispatcher.handle(request("n-1", Audience(ward_codes=[WARD_HULL])))
     assert summary.audience == 3 and summary.sent == 3 and summary.failed == 0
 
-    key = unsubscribe_key(load_master_key(env.settings.master_key_file))
+    key = load_link_key(env.settings)
     assert env.smtp.inbox.to(outsider.email) == []
     for person in people:
         [msg] = env.smtp.inbox.to(person.email)

@@ -27,8 +27,8 @@ from aiosmtpd.controller import Controller
 from consumers.notifications.channels import SmtpChannel, SmtpConfig
 from consumers.notifications.dispatch import Dispatcher
 from consumers.notifications.retry import Backoff
-from consumers.notifications.tokens import unsubscribe_key
 from identity.crypto import load_master_key
+from identity.linkkey import load_link_key
 from identity.vault import IdentityVault, PersonDetails
 from lpt.kafka import make_producer, publish, publish_raw, topic_name
 from lpt.settings import Settings
@@ -275,7 +275,7 @@ async def env_fixture(isolated_settings: Settings, smtp_server: SmtpServer) -> A
         {"email": channel},
         public_base=PUBLIC,
         mail_from=settings.mail_from,
-        unsubscribe_secret=unsubscribe_key(load_master_key(settings.master_key_file)),
+        unsubscribe_secret=load_link_key(settings),
         publish=published,
         clock=clock,
     )

@@ -36,8 +36,8 @@ from api.public.state import PUBLIC
 from consumers.notifications.channels import SmtpChannel, SmtpConfig
 from consumers.notifications.dispatch import Dispatcher
 from consumers.notifications.retry import Backoff
-from consumers.notifications.tokens import unsubscribe_key
 from identity.crypto import load_master_key
+from identity.linkkey import load_link_key
 from identity.vault import IdentityVault
 from lpt.kafka import make_producer, publish, topic_name
 from lpt.settings import Settings
@@ -116,7 +116,7 @@ class Site:
             {"email": channel},
             public_base=PUBLIC_URL,
             mail_from=self.settings.mail_from,
-            unsubscribe_secret=unsubscribe_key(load_master_key(self.settings.master_key_file)),
+            unsubscribe_secret=load_link_key(self.settings),
             publish=statuses,
             clock=midday,
         )

@@ -21,8 +21,8 @@ from api.context import SETTINGS
 from api.public.ratelimit import RateLimiter
 from consumers.notifications.channels import Channel, channels_from_settings
 from consumers.notifications.retry import Backoff
-from consumers.notifications.tokens import unsubscribe_key
 from identity.crypto import load_master_key
+from identity.linkkey import load_link_key
 from schemas.envelope import utcnow
 
 #: Registrations per client address in :data:`REGISTER_WINDOW_S` (a household or an office
@@ -66,12 +66,13 @@ def public_state(request: web.Request) -> PublicState:
 
 
 async def public_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Derive the page keys from the master key and open the message channels."""
+    """Load the page keys (CSRF from the master key; the link key of its own) and open the
+    message channels."""
     settings = app[SETTINGS]
     state = app[PUBLIC]
     master = load_master_key(settings.master_key_file)
     state.csrf_key = derive_key(master, b"lpt public csrf v1")
-    state.unsubscribe_key = unsubscribe_key(master)
+    state.unsubscribe_key = load_link_key(settings)
     channels = channels_from_settings(settings, state.mail_backoff)
     for channel in channels.values():
         await channel.start()

@@ -37,10 +37,9 @@ from consumers.notifications.tokens import (
     TokenGrant,
     issue_reply_tokens,
     reply_url,
-    unsubscribe_key,
     unsubscribe_url,
 )
-from identity.crypto import load_master_key
+from identity.linkkey import load_link_key
 from lpt.logs import get_logger
 from lpt.metrics import NOTIFICATIONS
 from lpt.settings import Settings
@@ -202,7 +201,7 @@ class Dispatcher:
             channels,
             public_base=settings.public_base_url,
             mail_from=settings.mail_from,
-            unsubscribe_secret=unsubscribe_key(load_master_key(settings.master_key_file)),
+            unsubscribe_secret=load_link_key(settings),
             publish=publish,
             clock=clock,
         )

@@ -8,8 +8,9 @@ a hash nobody stored: refused like an unknown token.
 
 Unsubscribe links must work for as long as any message is in a mailbox, and there is one per
 e-mail (60,000 per update), so they are not stored: the link carries the pseudonymous resident
-id and an HMAC of it under a key derived from the master key. Verifying recomputes the HMAC.
-Opting out is harmless to repeat, so these links need not be single-use.
+id and an HMAC of it under the link key (:func:`identity.linkkey.load_link_key`, a secret of
+its own, so rotating the master key leaves mailed links working). Verifying recomputes the
+HMAC. Opting out is harmless to repeat, so these links need not be single-use.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from datetime import datetime, timedelta
 from typing import TypeAlias
 
 import asyncpg
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from identity.linkkey import legacy_link_key
 
 #: How long a reply link works.
 REPLY_TTL = timedelta(days=30)
@@ -182,10 +183,12 @@ async def purge_expired_tokens(conn: Executor, now: datetime) -> int:
 
 
 def unsubscribe_key(master_key: bytes) -> bytes:
-    """The HMAC key for unsubscribe links, derived from (never equal to) the master key."""
-    return HKDF(
-        algorithm=hashes.SHA256(), length=32, salt=None, info=b"lpt unsubscribe link v1"
-    ).derive(master_key)
+    """The key links were signed with before the link key had a secret of its own.
+
+    Only for links mailed back then (the link key file is seeded with it) and for tests that
+    need a key from given bytes; services use :func:`identity.linkkey.load_link_key`.
+    """
+    return legacy_link_key(master_key)
 
 
 def _mac(key: bytes, resident_id: str) -> str:
