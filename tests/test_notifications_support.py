@@ -129,6 +129,7 @@ def notify_settings(settings: Settings, smtp_port: int) -> Settings:
         smtp_url=f"smtp://127.0.0.1:{smtp_port}",
         mail_from="Humberside Police <alerts@police.example.org>",
         smtp_connections=2,
+        survey_auto_waves=False,  # on in tests/test_survey_schedule.py only
     )
 
 

@@ -159,6 +159,8 @@ async def test_cli_runs_the_worker_as_a_process(env: Env) -> None:
         LPT_SMTP_URL=env.settings.smtp_url,
         LPT_PUBLIC_URL=PUBLIC,
         LPT_MASTER_KEY_FILE=str(env.settings.master_key_file),
+        LPT_LINK_KEY_FILE=str(env.settings.link_key_file),
+        LPT_SURVEY_AUTO_WAVES="0",  # this test counts the messages of one request
     )
     code = (
         "import argparse, sys; from consumers.notifications.worker import cli; "

@@ -4,8 +4,9 @@ Consumes ``notifications.requested`` (plus ``setups.lifecycle`` for set-up audie
 preference changes on ``residents.lifecycle``), hands
 each request to the :class:`~.dispatch.Dispatcher`, and commits offsets only after a batch is
 fully handled, so a crash means redelivery, which the outbox makes harmless. Between batches it
-releases scheduled messages (quiet hours over, retries due), starts due weekly digests and
-deletes expired reply tokens.
+releases scheduled messages (quiet hours over, retries due), starts due weekly digests,
+deletes expired reply tokens and, once a quarter, opens the survey wave (:mod:`.waves`, off
+with ``LPT_SURVEY_AUTO_WAVES=0``).
 
 Failure handling: a message that is not a valid event, or whose audience cannot be resolved,
 goes to the topic's dead-letter topic with the reason (never dropped, never a crash). When the
@@ -41,6 +42,7 @@ from consumers.notifications.dispatch import Dispatcher, Summary
 from consumers.notifications.preferences import PreferenceError, apply_resident_update
 from consumers.notifications.setups import apply_setup_event
 from consumers.notifications.tokens import purge_expired_tokens
+from consumers.notifications.waves import WaveScheduler
 from lpt.db import create_pool
 from lpt.kafka import ensure_topics, make_producer, publish_raw, topic_name
 from lpt.logs import get_logger
@@ -111,6 +113,7 @@ class NotificationWorker:
         self.producer: AIOKafkaProducer | None = None
         self.consumer: AIOKafkaConsumer | None = None
         self.dispatcher: Dispatcher | None = None
+        self.waves: WaveScheduler | None = None
         self._last_housekeeping = 0.0
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -127,6 +130,8 @@ class NotificationWorker:
         self.dispatcher = Dispatcher.from_settings(
             self.pool, self.settings, channels, self._publish_statuses, self.clock
         )
+        if self.settings.survey_auto_waves:
+            self.waves = WaveScheduler(self.pool, self.producer, self.settings, self.clock)
         self.consumer = AIOKafkaConsumer(
             *self._specs,
             bootstrap_servers=self.settings.bootstrap_servers,
@@ -324,14 +329,16 @@ class NotificationWorker:
         self.stats.dead_letters += 1
 
     async def _housekeeping(self, _: None) -> bool:
-        """Release due messages, start due digests, purge expired tokens; True if it sent any."""
+        """Open the quarter's survey wave, release due messages, start due digests, purge
+        expired tokens; True if it sent or published anything."""
         assert self.dispatcher is not None and self.pool is not None
+        opened = await self.waves.tick() if self.waves is not None else None
         released = await self.dispatcher.release_due()
         digests = await run_digests(self.dispatcher)
         await purge_expired_tokens(self.pool, self.clock())
         moved = released.sent + released.failed + digests.sent + digests.failed
         self.stats.sent += released.sent + digests.sent
-        return moved > 0
+        return moved > 0 or opened is not None
 
 
 async def run_worker(
