@@ -128,6 +128,12 @@ class Settings:
             "doc": "Stream workers' Faust app id = consumer group; empty = <prefix>streams",
         }
     )
+    stream_input_batch: int = field(
+        metadata={
+            "env": "LPT_STREAM_INPUT_BATCH",
+            "doc": "Input records a stream worker reads and forwards per batch",
+        }
+    )
     master_key_file: Path = field(
         metadata={
             "env": "LPT_MASTER_KEY_FILE",
@@ -265,6 +271,7 @@ class Settings:
             demo_mode=demo,
             stream_workers=_env_int("LPT_STREAM_WORKERS", 1),
             stream_app_id=_env("LPT_STREAM_APP_ID", ""),
+            stream_input_batch=_env_int("LPT_STREAM_INPUT_BATCH", 20_000),
             master_key_file=Path(_env("LPT_MASTER_KEY_FILE", str(home / "secrets" / "master.key"))),
             link_key_file=Path(_env("LPT_LINK_KEY_FILE", str(home / "secrets" / "link.key"))),
             survey_auto_waves=_env("LPT_SURVEY_AUTO_WAVES", "1") not in ("0", "false", "no"),

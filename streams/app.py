@@ -31,31 +31,27 @@ from typing import Any, TextIO
 
 import faust
 
-from lpt.kafka import dead_letter_topic_name, ensure_topics, topic_name
+from lpt.kafka import ensure_topics, topic_name
 from lpt.logs import get_logger
 from lpt.settings import Settings, get_settings
 from schemas.envelope import Envelope
 from schemas.registry import encode
 from schemas.topics import (
-    CRIME,
-    DOORKNOCKS,
     OFFICER_ALERTS,
     PRIORITY_CHANGED,
-    RESIDENTS,
-    SURVEYS,
     event_key,
     topic_for,
 )
 from streams.faustio import TableWriter, send_all
 from streams.scorer import Scorer
-from streams.stages import CellStage, InputStage, LedgerStage
+from streams.source import InputSource
+from streams.stages import CellStage, LedgerStage
 
 log = get_logger(__name__)
 
-INPUT_SPECS = (CRIME, RESIDENTS, SURVEYS, DOORKNOCKS)
 #: Messages per batch and the longest wait for a batch to fill (seconds). Input messages are
 #: single events; internal messages carry hundreds of items each.
-INPUT_BATCH, INTERNAL_BATCH, SUMMARY_BATCH = 5000, 200, 200
+INTERNAL_BATCH, SUMMARY_BATCH = 200, 200
 WITHIN = 0.05
 
 
@@ -105,7 +101,7 @@ def create_app(settings: Settings, datadir: Path | None = None) -> tuple[faust.A
         consumer_auto_offset_reset="earliest",
         producer_max_request_size=4 * 1024 * 1024,
         producer_linger_ms=2,
-        stream_buffer_maxsize=INPUT_BATCH * 2,
+        stream_buffer_maxsize=INTERNAL_BATCH * 4,
         key_serializer="raw",
         value_serializer="raw",
     )
@@ -142,24 +138,12 @@ def create_app(settings: Settings, datadir: Path | None = None) -> tuple[faust.A
 
     scorer = Scorer(settings, publish)
 
-    def input_agent(spec: Any) -> None:
-        stage = InputStage(
-            spec,
-            entities,
-            app.topic(dead_letter_topic_name(spec, settings), schema=raw()),
-            partitions,
-            ident,
-        )
-        source = app.topic(topic_name(spec, settings), schema=raw())
+    source = InputSource(settings, ident, names["entities"])
 
-        async def consume(stream: Any) -> None:
-            async for events in stream.take_events(INPUT_BATCH, within=WITHIN):
-                await _guard(stage.process(events), f"input {spec.name}")
+    async def read_inputs() -> None:
+        await source.run()
 
-        app.agent(source, name=f"input-{spec.name}")(consume)
-
-    for spec in INPUT_SPECS:
-        input_agent(spec)
+    app.task(read_inputs)
 
     writers = {name: TableWriter(app, t) for name, t in ledgers.items()}
     ledger_stage = LedgerStage(ledgers, writers, deltas, partitions, ident)
@@ -204,8 +188,9 @@ def create_app(settings: Settings, datadir: Path | None = None) -> tuple[faust.A
         if any(tp.topic == names["summaries"] for tp in revoked):
             scorer.deactivate()
 
-    def on_shutdown(app: Any, **_: Any) -> None:
+    async def on_shutdown(app: Any, **_: Any) -> None:
         scorer.deactivate()
+        await source.stop()
 
     app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
     app.on_before_shutdown.connect(on_shutdown)  # type: ignore[arg-type]

@@ -19,6 +19,7 @@ from lpt.kafka import topic_name
 from lpt.settings import Settings, get_settings
 from schemas.topics import INPUT_TOPICS
 from streams.app import app_id, internal_topics
+from streams.source import input_group
 
 LEVEL_OF_RES = {9: "res9", 8: "res8", 7: "res7"}
 
@@ -83,6 +84,12 @@ def cells(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- wait-idle
 
 
+def stream_groups(settings: Settings) -> list[str]:
+    """The stream worker's consumer groups in pipeline order: input, then internal stages."""
+    ident = app_id(settings)
+    return [input_group(ident), ident]
+
+
 async def group_lag(settings: Settings, only: Sequence[str] | None = None) -> dict[str, int]:
     """Messages not yet committed per consumer group of this deployment (topic prefix), or of
     the groups named in ``only``. The stream group's topics are checked in pipeline order, so
@@ -95,23 +102,30 @@ async def group_lag(settings: Settings, only: Sequence[str] | None = None) -> di
         groups = sorted(
             g[0] if isinstance(g, tuple) else g.group_id for g in await admin.list_consumer_groups()
         )
-        stream_group = app_id(settings)
-        mine = [g for g in groups if g.startswith(settings.topic_prefix) or g == stream_group]
-        if stream_group not in mine:
-            mine.append(stream_group)
+        ordered = stream_groups(settings)
+        stream_group = ordered[1]
+        mine = ordered + [
+            g
+            for g in groups
+            if (g.startswith(settings.topic_prefix) or g.startswith(stream_group))
+            and g not in ordered
+        ]
         if only is not None:
             mine = list(only)
-        pipeline = [topic_name(t, settings) for t in INPUT_TOPICS] + list(
-            internal_topics(settings).values()
-        )
+        pipeline = {
+            ordered[0]: [topic_name(t, settings) for t in INPUT_TOPICS],
+            stream_group: list(internal_topics(settings).values()),
+        }
         lags: dict[str, int] = {}
         for group in mine:
             committed = await admin.list_consumer_group_offsets(group)
             topics = list(dict.fromkeys(tp.topic for tp in committed))
-            if group == stream_group:
+            if group in pipeline:
+                # Every topic of the stage, read or not yet (an unread topic is all lag).
                 existing = set(await admin.list_topics())
-                topics = [t for t in pipeline if t in existing] + [
-                    t for t in topics if t not in pipeline
+                ordered = pipeline[group]
+                topics = [t for t in ordered if t in existing] + [
+                    t for t in topics if t not in ordered
                 ]
             lag = 0
             partitions = await _partitions(admin, topics)

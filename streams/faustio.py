@@ -17,11 +17,11 @@ from contextlib import contextmanager
 from typing import Any
 
 import faust
+import orjson
 from faust.streams import _current_event
 from faust.types import TP
 
 from lpt.logs import get_logger
-from lpt.metrics import DEAD_LETTERS
 
 log = get_logger(__name__)
 
@@ -134,7 +134,7 @@ def chunks(parts: Sequence[bytes], limit: int = MAX_MESSAGE_BYTES) -> Iterator[l
 
 
 def encode_items(items: Sequence[Any]) -> list[bytes]:
-    return [json.dumps(i, separators=(",", ":")).encode() for i in items]
+    return [orjson.dumps(i) for i in items]
 
 
 async def send_all(pending: list[Any]) -> None:
@@ -155,35 +155,3 @@ async def send_chunked(
     for group in chunks(parts):
         value = head + b"[" + b",".join(group) + b"]}"
         pending.append(await topic.send(value=value, partition=partition))
-
-
-async def dead_letter(
-    topic: faust.types.TopicT,
-    event: Any,
-    reason: str,
-    field: str | None,
-    consumer: str,
-    spec_name: str,
-    pending: list[Any],
-) -> None:
-    """Original key and value byte for byte; the reason and origin in headers (the convention
-    of consumers/notifications/deadletter.py, as Kafka Connect does it)."""
-    msg = event.message
-    headers = [
-        ("dlq.reason", reason[:1000].encode()),
-        ("dlq.field", (field or "").encode()),
-        ("dlq.topic", msg.topic.encode()),
-        ("dlq.partition", str(msg.partition).encode()),
-        ("dlq.offset", str(msg.offset).encode()),
-        ("dlq.consumer", consumer.encode()),
-    ]
-    pending.append(await topic.send(key=msg.key, value=msg.value, headers=headers))
-    DEAD_LETTERS.labels(topic=spec_name, reason=(field or "value")[:40]).inc()
-    log.warning(
-        "streams.dead_letter",
-        topic=msg.topic,
-        partition=msg.partition,
-        offset=msg.offset,
-        field=field,
-        reason=reason[:200],
-    )

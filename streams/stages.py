@@ -1,8 +1,6 @@
-"""The three partitioned stages, each processing a *batch* of Kafka messages:
+"""The partitioned Faust stages, each processing a *batch* of Kafka messages (the input stage,
+which reads the input topics and fills ``entities``, is :mod:`streams.source`):
 
-1. input  (one agent per input topic, keyed by cell): decode and validate every event (invalid
-   ones to the dead-letter topic, the worker goes on), turn it into an entity item and send the
-   items batched, one message per partition of the ``entities`` topic;
 2. ledger (``entities``, keyed by entity): dedupe by event id, apply versions, opt-outs and
    replacements against the entity's ledger entry, send the resulting cell deltas batched to the
    ``deltas`` topic;
@@ -18,20 +16,16 @@ the same table value as the state it guards.
 
 from __future__ import annotations
 
-import json
-import time
 from collections import defaultdict
 from typing import Any
 
 import faust
+import orjson
 
 from lpt.logs import get_logger
-from lpt.metrics import EVENTS_DUPLICATE, EVENTS_PROCESSED, PROCESSING_SECONDS
-from schemas.registry import InvalidEvent, decode
-from schemas.topics import TopicSpec
+from lpt.metrics import EVENTS_DUPLICATE
 from streams.faustio import (
     TableWriter,
-    dead_letter,
     dumps,
     encode_items,
     send_all,
@@ -39,7 +33,7 @@ from streams.faustio import (
     send_lines,
     table_get,
 )
-from streams.items import entity_item, partition_for
+from streams.items import partition_for
 from streams.ledgers import apply_item, table_for
 from streams.scoring.cellstate import already_applied, apply_delta, mark_applied, new_state
 
@@ -50,56 +44,6 @@ _MISSING = object()
 _ITEM_BITS, _SUB_BITS = 18, 6
 
 Table = faust.types.TableT[bytes, bytes]
-
-
-class InputStage:
-    """Decode, validate, re-key by entity. Stateless."""
-
-    def __init__(
-        self,
-        spec: TopicSpec,
-        entities: faust.types.TopicT,
-        dead_letters: faust.types.TopicT,
-        partitions: int,
-        group: str,
-    ) -> None:
-        self.spec = spec
-        self.entities = entities
-        self.dead_letters = dead_letters
-        self.partitions = partitions
-        self.group = group
-        self.allowed = {m.model_fields["type"].default for m in spec.value_types}
-
-    async def process(self, events: list[Any]) -> None:
-        started = time.perf_counter()
-        out: dict[int, list[Any]] = defaultdict(list)
-        pending: list[Any] = []
-        for ev in events:
-            try:
-                event = decode(ev.message.value)
-            except InvalidEvent as exc:
-                await self._dead(ev, exc.reason, exc.field, pending)
-                continue
-            except Exception as exc:  # a validator bug must not stop the worker either
-                await self._dead(ev, f"undecodable: {type(exc).__name__}: {exc}", None, pending)
-                continue
-            kind = event.type
-            if kind not in self.allowed:
-                reason = f"type: {kind} does not belong on {self.spec.name}"
-                await self._dead(ev, reason, "type", pending)
-                continue
-            keyed = entity_item(event)
-            if keyed is not None:
-                key, item = keyed
-                out[partition_for(key, self.partitions)].append(item)
-        for partition, items in sorted(out.items()):
-            await send_chunked(self.entities, partition, b'{"i":', encode_items(items), pending)
-        await send_all(pending)
-        EVENTS_PROCESSED.labels(group=self.group, topic=self.spec.name).inc(len(events))
-        PROCESSING_SECONDS.labels(group=self.group).observe(time.perf_counter() - started)
-
-    async def _dead(self, ev: Any, reason: str, field: str | None, pending: list[Any]) -> None:
-        await dead_letter(self.dead_letters, ev, reason, field, self.group, self.spec.name, pending)
 
 
 class LedgerStage:
@@ -127,7 +71,7 @@ class LedgerStage:
         for ev in events:
             source = ev.message.partition
             base = ev.message.offset << (_ITEM_BITS + _SUB_BITS)
-            items = json.loads(ev.message.value)["i"]
+            items = orjson.loads(ev.message.value)["i"]
             for idx, item in enumerate(items):
                 name = table_for(item[0])
                 key = (name, item[2])
@@ -175,7 +119,7 @@ class CellStage:
         event_of: dict[str, Any] = {}
         changed: set[str] = set()
         for ev in events:
-            msg = json.loads(ev.message.value)
+            msg = orjson.loads(ev.message.value)
             source = msg["src"]
             for cell, position, delta in msg["d"]:
                 state = states.get(cell)

@@ -19,7 +19,7 @@ import asyncpg
 
 from lpt.scratch import create_database
 from lpt.settings import Settings
-from streams.cli import fetch_cells, wait_until_idle
+from streams.cli import fetch_cells, stream_groups, wait_until_idle
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,6 +33,7 @@ def worker_env(settings: Settings, home: Path) -> dict[str, str]:
         LPT_TOPIC_PREFIX=settings.topic_prefix,
         LPT_TOPIC_PARTITIONS=str(settings.topic_partitions),
         LPT_STREAM_APP_ID=settings.stream_app_id,
+        LPT_STREAM_INPUT_BATCH=str(settings.stream_input_batch),
         LPT_LOG_FORMAT="console",
         LPT_LOG_LEVEL="warning",
     )
@@ -89,12 +90,12 @@ def with_app(settings: Settings, app_id: str) -> Settings:
 async def wait_idle(settings: Settings, workers: list[Worker], timeout: float = 180) -> None:
     """Until the run's group has consumed everything and the scorer has settled."""
     deadline = time.monotonic() + timeout
-    group = settings.stream_app_id or f"{settings.topic_prefix}streams"
+    groups = stream_groups(settings)
     while time.monotonic() < deadline:
         for w in workers:
             if w.proc.poll() is not None:
                 raise AssertionError(f"worker exited ({w.proc.returncode}):\n{w.tail()}")
-        if await wait_until_idle(settings, 5, poll=0.3, only=[group]):
+        if await wait_until_idle(settings, 5, poll=0.3, only=groups):
             return
         await asyncio.sleep(0.2)
     raise AssertionError("stream worker not idle in time:\n" + "\n".join(w.tail() for w in workers))

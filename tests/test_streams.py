@@ -43,6 +43,7 @@ from schemas.priority import OfficerAlert, PriorityChanged
 from schemas.registry import decode
 from schemas.residents import ResidentOptedOut, ResidentRegistered
 from schemas.topics import CRIME, OFFICER_ALERTS, PRIORITY_CHANGED
+from streams.source import input_group
 from tests.streams_helpers import (
     ROOT,
     Worker,
@@ -556,7 +557,7 @@ async def _committed_input(settings: Settings) -> int:
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
     await admin.start()
     try:
-        offsets = await admin.list_consumer_group_offsets(settings.stream_app_id)
+        offsets = await admin.list_consumer_group_offsets(input_group(settings.stream_app_id))
     finally:
         await admin.close()
     prefix = settings.topic_prefix
@@ -573,7 +574,8 @@ async def test_sigkill_mid_stream_then_restart_equals_uninterrupted(
     live_run: LiveRun, fresh_run: Settings, tmp_path: Path
 ) -> None:
     home = tmp_path / "home"
-    worker = Worker(fresh_run, home)
+    # Small input batches, so the kill can land between two of them.
+    worker = Worker(dataclasses.replace(fresh_run, stream_input_batch=500), home)
     deadline = time.monotonic() + 120
     progress = 0
     while time.monotonic() < deadline:
@@ -617,8 +619,8 @@ async def test_two_workers_split_the_partitions_and_agree(
 
 
 async def _assignment(admin: AIOKafkaAdminClient, settings: Settings) -> dict[str, set[int]]:
-    """Partitions of the crime topic per group member (from the group description)."""
-    desc = await admin.describe_consumer_groups([settings.stream_app_id])
+    """Partitions of the crime topic per member of the input group (its description)."""
+    desc = await admin.describe_consumer_groups([input_group(settings.stream_app_id)])
     crime = topic_name(CRIME, settings)
     out: dict[str, set[int]] = {}
     for group in desc:
