@@ -177,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_lazy("consumers.notifications.worker:cli"))
 
+    p = sub.add_parser("mail-sink", help="demo mode: keep every e-mail as a file (foreground)")
+    p.set_defaults(func=_lazy("lpt.mailsink:cli"))
+
     p = sub.add_parser(
         "rotate-master-key", help="re-wrap every per-person key under a new master key"
     )

@@ -18,6 +18,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from lpt import mailsink
 from lpt.settings import PROJECT_ROOT, Settings, get_settings
 
 INFRA = PROJECT_ROOT / "infra"
@@ -32,6 +33,8 @@ class ManagedProcess:
 def managed_processes(settings: Settings) -> list[ManagedProcess]:
     """The project's own long-running processes that ``lpt up`` starts."""
     procs = [ManagedProcess("web", ("serve",)), ManagedProcess("notify", ("notify",))]
+    if mailsink.runs_sink(settings):  # demo mode only: a local server that keeps the mails
+        procs.insert(0, ManagedProcess(mailsink.PROCESS_NAME, ("mail-sink",)))
     if importlib.util.find_spec("streams.app") is None:  # stream workers not built yet
         return procs
     for i in range(settings.stream_workers):
@@ -163,11 +166,23 @@ def up(import_sample: bool = False, workers: bool = True) -> str:
 
         asyncio.run(import_sample_if_needed(settings))
     for proc in managed_processes(settings):
-        if proc.name != "web" and not workers:
+        if proc.name not in ("web", mailsink.PROCESS_NAME) and not workers:
             continue
         start_process(settings, proc)
     wait_http(settings.base_url + "/healthz")
+    for line in demo_notes(settings):
+        print(line)
     return settings.base_url + "/"
+
+
+def demo_notes(settings: Settings) -> list[str]:
+    """What ``lpt up`` tells a demo user beyond the address (where the e-mails go)."""
+    if not mailsink.runs_sink(settings):
+        return []
+    return [
+        f"Demo mail: every e-mail sent is kept in {mailsink.mail_dir(settings)} (.eml files) "
+        f"and shown at {settings.base_url}/demo/mail"
+    ]
 
 
 def down() -> None:
@@ -175,6 +190,9 @@ def down() -> None:
     for proc in reversed(managed_processes(settings)):
         if stop_process(settings, proc.name):
             print(f"{proc.name}: stopped")
+    # Started in demo mode, stopped even when `lpt down` runs without LPT_DEMO.
+    if stop_process(settings, mailsink.PROCESS_NAME):
+        print(f"{mailsink.PROCESS_NAME}: stopped")
     if settings.local_postgres:
         run_script("postgres.sh", "stop", settings=settings)
     if settings.local_kafka:

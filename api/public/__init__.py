@@ -10,7 +10,8 @@ each field, a skip link, visible focus, ``lang``). One module per concern:
 - :mod:`.surveys` quarterly waves, the survey form and response rates;
 - :mod:`.reply` the page behind the reply link in messages;
 - :mod:`.links` residents' own tokens, :mod:`.csrf`, :mod:`.ratelimit`, :mod:`.mailer`,
-  :mod:`.render`, :mod:`.forms`, :mod:`.assets` and :mod:`.state` are the shared plumbing.
+  :mod:`.render`, :mod:`.forms`, :mod:`.assets` and :mod:`.state` are the shared plumbing;
+- :mod:`.demomail` (demo mode only) shows the e-mails the demo mail sink kept.
 
 Privacy (DESIGN §6) is carried by the modules it belongs to: personal data stays in the
 identity vault, links are single-use or short-lived with only their hash stored, opting out is
@@ -23,6 +24,7 @@ from aiohttp import web
 
 import api.public.assets
 import api.public.confirm
+import api.public.demomail
 import api.public.erasure
 import api.public.info
 import api.public.manage
@@ -47,3 +49,4 @@ def setup(app: web.Application) -> None:
     api.public.erasure.setup(app)
     api.public.unsubscribe.setup(app)
     api.public.reply.setup(app)
+    api.public.demomail.setup(app)  # demo mode only
