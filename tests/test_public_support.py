@@ -9,21 +9,26 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import logging
 import re
 import socket
+import sys
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time
 from email import message_from_bytes, policy
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import asyncpg
 import h3
 import pytest
+import structlog
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -40,6 +45,7 @@ from identity.crypto import load_master_key
 from identity.linkkey import load_link_key
 from identity.vault import IdentityVault
 from lpt.kafka import make_producer, publish, topic_name
+from lpt.logs import configure_logging
 from lpt.settings import Settings
 from schemas.registry import decode
 from schemas.topics import TopicSpec
@@ -273,25 +279,83 @@ def text_of(page: str) -> str:
 # -- searching every store -------------------------------------------------------------------------
 
 
+async def database_tables(pool: asyncpg.Pool) -> dict[str, str]:
+    """Every row of every table in every schema of ours, each row cast to text, by table.
+
+    ``bytea`` columns come out as hex (``\\x...``): search for hex-encoded needles too
+    (:func:`needle_forms`).
+    """
+    tables = await pool.fetch(
+        """SELECT table_schema, table_name FROM information_schema.tables
+           WHERE table_schema NOT IN ('pg_catalog', 'information_schema')
+             AND table_type = 'BASE TABLE' ORDER BY table_schema, table_name"""
+    )
+    out: dict[str, str] = {}
+    for t in tables:
+        schema, table = t["table_schema"], t["table_name"]
+        key = table if schema == "public" else f"{schema}.{table}"
+        out[key] = await pool.fetchval(
+            f'SELECT coalesce(string_agg(x::text, chr(10)), \'\') FROM "{schema}"."{table}" x'
+        )
+    return out
+
+
+@pytest.fixture(name="service_log")
+def service_log_fixture(tmp_path: Path) -> Iterator[Path]:
+    """The log file of what runs in this test (see :func:`production_logs`)."""
+    with production_logs(tmp_path / "service.log") as path:
+        yield path
+
+
 async def database_dump(pool: asyncpg.Pool) -> str:
     """Every row of every table of the database, as text."""
-    tables = await pool.fetch(
-        """SELECT table_name FROM information_schema.tables
-           WHERE table_schema = 'public' AND table_type = 'BASE TABLE' ORDER BY table_name"""
-    )
-    parts = []
-    for t in tables:
-        name = t["table_name"]
-        parts.append(
-            await pool.fetchval(
-                f"SELECT coalesce(string_agg(x::text, chr(10)), '') FROM \"{name}\" x"
-            )
-        )
-    return "\n".join(parts)
+    return "\n".join((await database_tables(pool)).values())
+
+
+def needle_forms(value: str) -> list[str]:
+    """Lower-cased ways a value can appear in a text dump: as typed, and as hex (bytea)."""
+    lowered = value.lower()
+    return [lowered, lowered.encode().hex(), value.encode().hex()]
+
+
+@contextmanager
+def production_logs(path: Path) -> Iterator[Path]:
+    """Log to ``path`` as a deployed process does (``configure_logging``: JSON lines, the
+    personal-data redaction, stdlib warnings and up), at debug level so every line is kept.
+
+    Loggers are not cached while this is active, so none stays bound to the file afterwards.
+    """
+    fh = path.open("w", encoding="utf-8")
+    real_stderr = sys.stderr
+    sys.stderr = fh  # configure_logging binds the stream it finds here
+    try:
+        configure_logging("json", "debug")
+    finally:
+        sys.stderr = real_stderr
+    structlog.configure(cache_logger_on_first_use=False)
+    handler = logging.StreamHandler(fh)
+    handler.setLevel(logging.WARNING)
+    logging.getLogger().addHandler(handler)
+    try:
+        yield path
+    finally:
+        logging.getLogger().removeHandler(handler)
+        structlog.reset_defaults()
+        fh.close()
 
 
 async def kafka_dump(settings: Settings) -> bytes:
     """Every key, value and header of every message on this test's topics, as raw bytes."""
+    chunks: list[bytes] = []
+    for r in await kafka_records(settings):
+        chunks.extend([r.key or b"", r.value or b""])
+        chunks.extend(v for _, v in r.headers or ())
+    return b"\n".join(chunks)
+
+
+async def kafka_records(settings: Settings) -> list[Any]:
+    """Every message on every topic of this test's prefix (dead-letter and internal topics
+    included), read to the end of each partition."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
     await admin.start()
     try:
@@ -305,21 +369,20 @@ async def kafka_dump(settings: Settings) -> bytes:
         bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False
     )
     await consumer.start()
-    chunks: list[bytes] = []
+    out: list[Any] = []
     try:
         end = await consumer.end_offsets(tps)
         begin = await consumer.beginning_offsets(tps)
         todo = {tp for tp in tps if end[tp] > begin[tp]}
         if not todo:
-            return b""
+            return []
         consumer.assign(sorted(todo, key=lambda tp: (tp.topic, tp.partition)))
         await consumer.seek_to_beginning()
         for _ in range(100):
             batch = await consumer.getmany(timeout_ms=500)
             for tp, records in batch.items():
                 for r in records:
-                    chunks.extend([r.key or b"", r.value or b""])
-                    chunks.extend(v for _, v in r.headers or ())
+                    out.append(r)
                     if r.offset + 1 >= end[tp]:
                         todo.discard(tp)
             if not todo:
@@ -327,7 +390,7 @@ async def kafka_dump(settings: Settings) -> bytes:
         assert not todo, "could not read every topic to its end"
     finally:
         await consumer.stop()
-    return b"\n".join(chunks)
+    return out
 
 
 async def events_on(settings: Settings, spec: TopicSpec) -> list[Any]:
