@@ -149,7 +149,8 @@ async def insert_residents(settings: Settings, n: int, progress: bool) -> list[t
         key_id = new_key_id()
         keys.append((rid, key_id, wrap_key(master, new_key(), key_id)))
         email = f"resident{i}@example.org"
-        people.append((rid, email, "HU1 1AA", cells[i], False, WARD, ["email"], [], "v1"))
+        # Confirmed addresses: e-mail goes only to those (as after the sign-up link).
+        people.append((rid, email, "HU1 1AA", cells[i], False, WARD, ["email"], [], "v1", NOON))
         pairs.append((rid, email))
     conn = await asyncpg.connect(settings.dsn)
     try:
@@ -160,7 +161,7 @@ async def insert_residents(settings: Settings, n: int, progress: bool) -> list[t
             "identity_people",
             records=people,
             columns=["resident_id", "email", "postcode", "cell", "unlocated", "ward_code",
-                     "channels", "community_groups", "consent_version"],
+                     "channels", "community_groups", "consent_version", "email_confirmed_at"],
         )  # fmt: skip
         await conn.execute("ANALYZE")
     finally:
