@@ -32,7 +32,9 @@ import csv
 import dataclasses
 import json
 import random
+import signal
 import statistics
+import subprocess
 import sys
 import time
 import uuid
@@ -43,10 +45,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import aiohttp  # noqa: E402
 import asyncpg  # noqa: E402
 import h3  # noqa: E402
 from aiokafka import AIOKafkaConsumer  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from lpt.kafka import ensure_topics, make_producer, publish_raw, topic_name  # noqa: E402
 from lpt.scratch import drop_database  # noqa: E402
@@ -283,6 +287,58 @@ async def drop_topics(settings: Settings, prefix: str) -> None:
         await admin.close()
 
 
+async def stage_delays(settings: Settings) -> dict[str, tuple[float, float]]:
+    """(sum, count) of ``lpt_stream_stage_delay_seconds`` (the wait) and of
+    ``lpt_processing_seconds`` (the work, key ``<stage>.work``) per stage, from the worker's own
+    /metrics (its address is in ``ops_workers``)."""
+    conn = await asyncpg.connect(settings.dsn)
+    try:
+        url = await conn.fetchval(
+            "SELECT url FROM ops_workers WHERE kind = 'streams' AND stopped_at IS NULL"
+            " ORDER BY last_seen DESC LIMIT 1"
+        )
+    finally:
+        await conn.close()
+    if not url:
+        return {}
+    async with aiohttp.ClientSession() as session, session.get(url) as resp:
+        text = await resp.text()
+    out: dict[str, list[float]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name not in ("lpt_stream_stage_delay_seconds", "lpt_processing_seconds"):
+            continue
+        for sample in family.samples:
+            stage = sample.labels.get("stage") or f"{sample.labels.get('group')}.work"
+            pair = out.setdefault(stage, [0.0, 0.0])
+            if sample.name.endswith("_sum"):
+                pair[0] = sample.value
+            elif sample.name.endswith("_count"):
+                pair[1] = sample.value
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def _mean_delays(
+    before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]
+) -> dict[str, Any]:
+    means: dict[str, Any] = {}
+    for stage, (total, count) in after.items():
+        t0, c0 = before.get(stage, (0.0, 0.0))
+        if count > c0:
+            means[stage] = round((total - t0) / (count - c0) * 1000, 1)
+            if stage.endswith(".work"):
+                means[stage.replace(".work", ".batches")] = int(count - c0)
+    return means
+
+
+def _profile(worker: Worker, path: str | None) -> subprocess.Popen[bytes] | None:
+    """Sample the worker with py-spy (``pip install py-spy``) while it backfills."""
+    if path is None:
+        return None
+    spy = Path(sys.executable).with_name("py-spy")
+    command = [str(spy), "record", "--pid", str(worker.proc.pid), "--format", "raw"]
+    return subprocess.Popen([*command, "--nonblocking", "-o", path], stdout=subprocess.DEVNULL)
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     base = get_settings()
     prefix = f"bench{uuid.uuid4().hex[:6]}."
@@ -305,7 +361,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
         t0 = time.perf_counter()
         worker = Worker(settings, home)
+        profiler = _profile(worker, args.profile)
         await wait_idle(settings, [worker], timeout=args.timeout)
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+            profiler.wait(30)
         elapsed = time.perf_counter() - t0
         rate = args.events / elapsed
         out["backfill_seconds"] = round(elapsed, 1)
@@ -325,11 +385,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             flush=True,
         )
         if args.live_seconds > 0:
+            before = await stage_delays(settings)
             live = await live_latency(settings, worker, points, args.rate, args.live_seconds)
+            live["stage_mean_ms"] = _mean_delays(before, await stage_delays(settings))
             out["live"] = live
             print(
                 f"live at {args.rate} events/s: produce -> scorer output p50 {live['p50_ms']} ms, "
-                f"p99 {live['p99_ms']} ms ({live['probes_announced']}/{live['probes']} probes)",
+                f"p99 {live['p99_ms']} ms ({live['probes_announced']}/{live['probes']} probes); "
+                f"mean wait and work per stage batch (ms): {live['stage_mean_ms']}",
                 flush=True,
             )
     finally:
@@ -349,6 +412,9 @@ def cli() -> None:
     parser.add_argument("--live-seconds", type=float, default=30.0)
     parser.add_argument("--timeout", type=float, default=3600.0)
     parser.add_argument("--home", default=None, help="worker state directory")
+    parser.add_argument(
+        "--profile", default=None, help="py-spy raw profile of the worker's backfill to this file"
+    )
     args = parser.parse_args()
     result = asyncio.run(main(args))
     result["measured_at"] = datetime.now(UTC).isoformat()

@@ -45,6 +45,14 @@ PROCESSING_SECONDS = Histogram(
     buckets=LATENCY_BUCKETS,
     registry=REGISTRY,
 )
+STAGE_DELAY_SECONDS = Histogram(
+    "lpt_stream_stage_delay_seconds",
+    "Time from the oldest message of a batch being produced to the stream stage taking it "
+    "(summed over the stages: produce-to-table latency)",
+    ["stage"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
 CONSUMER_LAG = Gauge(
     "kafka_consumergroup_lag",
     "Messages behind the end of the partition",

@@ -22,17 +22,20 @@ import argparse
 import asyncio
 import contextlib
 import fcntl
-import json
 import os
 import signal
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 import faust
+from faust.types import TP
 
 from lpt.kafka import ensure_topics, topic_name
 from lpt.logs import get_logger
+from lpt.metrics import PROCESSING_SECONDS, STAGE_DELAY_SECONDS
+from lpt.metrics_server import WorkerMetricsServer
 from lpt.settings import Settings, get_settings
 from schemas.envelope import Envelope
 from schemas.registry import encode
@@ -44,6 +47,7 @@ from schemas.topics import (
 )
 from streams.faustio import TableWriter, send_all
 from streams.scorer import Scorer
+from streams.scoring.cellstate import decode_state, thaw
 from streams.source import InputSource
 from streams.stages import CellStage, LedgerStage
 
@@ -53,6 +57,9 @@ log = get_logger(__name__)
 #: single events; internal messages carry hundreds of items each.
 INTERNAL_BATCH, SUMMARY_BATCH = 200, 200
 WITHIN = 0.05
+#: The scorer re-ranks the whole force per batch (a fixed cost of tens of milliseconds), so it
+#: gathers changes for longer: at most ten runs a second, whatever the input rate.
+SCORER_WITHIN = 0.1
 
 
 def app_id(settings: Settings) -> str:
@@ -145,6 +152,14 @@ def create_app(settings: Settings, datadir: Path | None = None) -> tuple[faust.A
 
     app.task(read_inputs)
 
+    # This worker's /metrics and its heartbeat row in ops_workers (the ops page, Prometheus).
+    metrics = WorkerMetricsServer(settings, "streams")
+
+    async def serve_metrics() -> None:
+        await metrics.start()
+
+    app.task(serve_metrics)
+
     writers = {name: TableWriter(app, t) for name, t in ledgers.items()}
     ledger_stage = LedgerStage(ledgers, writers, deltas, partitions, ident)
     cell_stage = CellStage(cells, TableWriter(app, cells), summaries)
@@ -153,33 +168,50 @@ def create_app(settings: Settings, datadir: Path | None = None) -> tuple[faust.A
     @app.agent(entities, name="ledger")
     async def ledger(stream: Any) -> None:
         async for events in stream.take_events(INTERNAL_BATCH, within=WITHIN):
-            await _guard(ledger_stage.process(events), "ledger")
+            await _guard(ledger_stage.process(events), "ledger", events)
 
     @app.agent(deltas, name="cells")
     async def cell_agent(stream: Any) -> None:
         async for events in stream.take_events(INTERNAL_BATCH, within=WITHIN):
-            await _guard(cell_stage.process(events), "cells")
+            await _guard(cell_stage.process(events), "cells", events)
 
     @app.agent(summaries, name="scorer")
     async def score(stream: Any) -> None:
-        async for events in stream.take_events(SUMMARY_BATCH, within=WITHIN):
-            await _guard(_score(events), "scorer")
+        async for events in stream.take_events(SUMMARY_BATCH, within=SCORER_WITHIN):
+            await _guard(_score(events), "scorer", events)
+
+    activation = asyncio.Lock()
+
+    async def ensure_active() -> None:
+        async with activation:
+            if not scorer.active:
+                await scorer.activate(_stored(scorer_cells))
+
+    def owns_scorer() -> bool:
+        """This worker holds the summaries partition and its table is restored."""
+        tables: Any = app.tables
+        if app.rebalancing or app.in_recovery or not tables.recovery.completed.is_set():
+            return False
+        return TP(names["summaries"], 0) in app.consumer.assignment()
 
     async def _score(events: list[Any]) -> None:
-        if not scorer.active:
-            await scorer.activate(_stored(scorer_cells))
+        await ensure_active()
         items: list[tuple[str, int, Any]] = []
         latest: dict[str, tuple[int, bytes]] = {}
         for ev in events:
             for line in ev.message.value.split(b"\n"):
-                cell, seq, state = json.loads(line)
-                items.append((cell, seq, state))
+                cell, seq, state = decode_state(line)
+                items.append((cell, seq, thaw(state)))
                 if seq >= latest.get(cell, (-1, b""))[0]:
                     latest[cell] = (seq, line)
         await scorer.on_batch(items)
         await scorer_writer.write([(events[-1], c, line) for c, (_, line) in latest.items()])
 
     async def settle() -> None:
+        # A scorer that takes over after a rebalance must settle (and say so in
+        # priority_status) even if no new summary ever reaches it.
+        if not scorer.active and owns_scorer():
+            await _guard(ensure_active(), "scorer activate")
         await _guard(scorer.tick(), "scorer settle")
 
     app.timer(interval=0.25)(settle)
@@ -190,7 +222,9 @@ def create_app(settings: Settings, datadir: Path | None = None) -> tuple[faust.A
 
     async def on_shutdown(app: Any, **_: Any) -> None:
         scorer.deactivate()
+        await scorer.close()
         await source.stop()
+        await metrics.stop()
 
     app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
     app.on_before_shutdown.connect(on_shutdown)  # type: ignore[arg-type]
@@ -201,16 +235,25 @@ def create_app(settings: Settings, datadir: Path | None = None) -> tuple[faust.A
 def _stored(table: Any) -> list[tuple[str, int, Any]]:
     out = []
     for raw in table.values():
-        cell, seq, state = json.loads(raw)
+        cell, seq, state = decode_state(raw)
+        thaw(state)
         out.append((cell, seq, state))
     return out
 
 
-async def _guard(work: Any, what: str) -> None:
-    """An unexpected failure must not let Faust acknowledge (and commit) the batch: log it and
+async def _guard(work: Any, what: str, events: Sequence[Any] = ()) -> None:
+    """Run one stage's batch, timed (``lpt_stream_stage_delay_seconds`` is how long its oldest
+    message waited, ``lpt_processing_seconds`` how long the batch took).
+
+    An unexpected failure must not let Faust acknowledge (and commit) the batch: log it and
     stop the process at once, so the batch is processed again after a restart."""
+    started = time.time()
+    if events:
+        oldest = min(ev.message.timestamp for ev in events)
+        STAGE_DELAY_SECONDS.labels(stage=what).observe(max(0.0, started - oldest))
     try:
         await work
+        PROCESSING_SECONDS.labels(group=what).observe(time.time() - started)
     except asyncio.CancelledError:
         raise
     except Exception:

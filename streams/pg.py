@@ -7,12 +7,12 @@ crash or rebalance) a no-op and keeps a late, older write from a previous owner 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import orjson
 
 _AREA_COLUMNS = (
     "level", "area_id", "resolution", "score", "rank", "areas_ranked", "in_top", "ward_code",
@@ -83,7 +83,7 @@ ON CONFLICT (id) DO UPDATE SET as_of = EXCLUDED.as_of, settled = EXCLUDED.settle
 def _document(row: dict[str, Any]) -> str:
     doc = {c: row.get(c) for c in _AREA_COLUMNS if c != "extra"}
     doc["extra"] = {k: row[k] for k in _EXTRA_KEYS if k in row}
-    return json.dumps(doc, separators=(",", ":"))
+    return orjson.dumps(doc).decode()
 
 
 async def write_rows(conn: asyncpg.Connection, rows: Sequence[dict[str, Any]]) -> None:

@@ -5,8 +5,8 @@ changed cells it re-scores the force at event time ``as_of`` (vectorised, see
 ``scoring.model``), announces changes (``priority.changed``) and alerts (``officer.alerts``),
 and writes the rows that changed to PostgreSQL.
 
-Write policy: a batch writes the res-9 cells it changed (and their res-8 parents) and every
-area whose priority.changed it announces. The small rank shifts every change causes elsewhere,
+Write policy: a batch publishes its announcements first, then writes the res-9 cells it changed
+and every area whose priority.changed it announced. The small rank shifts every change causes elsewhere,
 the coarse levels and the decay of untouched areas to the new ``as_of`` are written by the
 settle timer, in small chunks between batches (so live latency stays low), once input pauses
 for ``QUIET_SECONDS`` or at least every ``SETTLE_EVERY`` seconds. ``priority_status.settled``
@@ -74,6 +74,7 @@ class Scorer:
         self.tables: Tables | None = None
         #: (tables the list was computed for, material, drift) - reused across settle chunks
         self._pending: tuple[Tables, list[tuple[str, str]], list[tuple[str, str]]] | None = None
+        self._writing: asyncio.Task[None] | None = None
 
     @property
     def active(self) -> bool:
@@ -99,6 +100,10 @@ class Scorer:
             model.merge(cell, seq, state)
             n += 1
         self.model = model
+        # Tables now, not at the first batch: a scorer taking over an idle pipeline must still
+        # settle what its predecessor left unwritten.
+        self.tables = model.compute()
+        self._pending = None
         self.unsettled = True
         log.info("streams.scorer_active", cells=n, rows=len(self.written))
 
@@ -107,6 +112,7 @@ class Scorer:
         self.tables = None
 
     async def close(self) -> None:
+        await self._flush()
         if self.pool is not None:
             await self.pool.close()
             self.pool = None
@@ -124,19 +130,31 @@ class Scorer:
             self.tables = tables
             alerts = self._alerts(model, tables, touched, before)
             changed = self._changes(tables)
-            # Only what this batch changed is written now; the rest (rank shifts elsewhere,
-            # coarse levels, the day's snapshot) is settled by ``tick`` in small chunks.
-            rows_wanted = self._touched_areas(model, touched) | {key for key, _ in changed}
-            self.unsettled = True
-            rows = self._rows(model, tables, rows_wanted)
-            events: list[Envelope] = [*alerts]
+            # Announcements first (they are what officers wait for), with just their rows...
+            announced = {key for key, _ in changed}
+            rows = self._rows(model, tables, announced)
             row_of = {(r["level"], r["area_id"]): r for r in rows}
+            events: list[Envelope] = [*alerts]
             for key, change in changed:
                 events.append(self._change_event(model, tables, key, change, row_of))
             if events:
                 await self.publish(events)
-            await self._write(rows, tables, [key for key, _ in changed])
+            # ...then the res-9 cells the batch changed. Everything else (rank shifts
+            # elsewhere, coarser levels, the day's snapshot) is settled by ``tick`` in chunks.
+            self.unsettled = True
+            rows += self._rows(model, tables, {("res9", c) for c in touched} - announced)
+            # The write runs while the next batch gathers: a crash before it lands loses
+            # nothing, because an activating scorer re-settles every row PostgreSQL lacks.
+            await self._flush()
+            write = self._write(rows, tables, [key for key, _ in changed])
+            self._writing = asyncio.create_task(write)
             self.last_batch = time.monotonic()
+
+    async def _flush(self) -> None:
+        """Wait for the batch write in flight (writes land in order, one at a time)."""
+        if self._writing is not None:
+            task, self._writing = self._writing, None
+            await task
 
     async def tick(self) -> None:
         """Timer: write deferred rows in chunks. Rows whose score, rank or top flag moved go
@@ -162,6 +180,7 @@ class Scorer:
                 wanted = drift
             chunk = set(wanted[:SETTLE_CHUNK])
             del wanted[:SETTLE_CHUNK]
+            await self._flush()
             if chunk:
                 await self._write(self._rows(model, tables, chunk), tables, [])
             if not material and not drift:
@@ -308,16 +327,6 @@ class Scorer:
             ward_code=row["ward_code"],
             local_authority_code=row["local_authority_code"],
         )
-
-    @staticmethod
-    def _touched_areas(model: PriorityModel, touched: set[str]) -> set[tuple[str, str]]:
-        """The res-9 cells a batch changed and their res-8 parents (coarser levels, whose
-        rows summarise thousands of cells, wait for the settle)."""
-        out: set[tuple[str, str]] = set()
-        for cell in touched:
-            out.add(("res9", cell))
-            out.add(("res8", model.parent_of[8][model.index[cell]]))
-        return out
 
     def _differing(self, tables: Tables) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
         """Areas whose written row is not the current one: (score, rank or top moved, or never

@@ -32,7 +32,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from lpt.deadletter import send_dead_letter
 from lpt.kafka import make_producer, topic_name
 from lpt.logs import get_logger
-from lpt.metrics import EVENTS_PROCESSED, PROCESSING_SECONDS
+from lpt.metrics import EVENTS_PROCESSED, PROCESSING_SECONDS, STAGE_DELAY_SECONDS
 from lpt.settings import Settings
 from schemas.registry import InvalidEvent, TopicDecoder
 from schemas.topics import CRIME, DOORKNOCKS, RESIDENTS, SURVEYS, TopicSpec
@@ -179,6 +179,8 @@ class InputSource:
     async def _process(self, batch: dict[TopicPartition, list[Any]]) -> None:
         assert self.consumer is not None
         started = time.perf_counter()
+        oldest = min(records[0].timestamp for records in batch.values()) / 1000.0
+        STAGE_DELAY_SECONDS.labels(stage="input").observe(max(0.0, time.time() - oldest))
         delay = 0.5
         while True:
             try:
@@ -197,7 +199,7 @@ class InputSource:
             # The group rebalanced (or the broker left) while we worked: the records are read
             # again by whoever owns them next, and the ledger drops the repeats.
             log.warning("streams.input_commit_failed", error=str(exc)[:200])
-        PROCESSING_SECONDS.labels(group=self.group).observe(time.perf_counter() - started)
+        PROCESSING_SECONDS.labels(group="input").observe(time.perf_counter() - started)
 
     async def _forward(self, batch: dict[TopicPartition, list[Any]]) -> None:
         """Items and dead letters of the batch, sent and acknowledged."""

@@ -28,14 +28,21 @@ from streams.faustio import (
     TableWriter,
     dumps,
     encode_items,
+    read_many,
     send_all,
     send_chunked,
     send_lines,
-    table_get,
 )
 from streams.items import partition_for
 from streams.ledgers import apply_item, table_for
-from streams.scoring.cellstate import already_applied, apply_delta, mark_applied, new_state
+from streams.scoring.cellstate import (
+    already_applied,
+    apply_delta,
+    decode_state,
+    mark_applied,
+    new_state,
+    thaw,
+)
 
 log = get_logger(__name__)
 
@@ -72,12 +79,10 @@ class LedgerStage:
             source = ev.message.partition
             base = ev.message.offset << (_ITEM_BITS + _SUB_BITS)
             items = orjson.loads(ev.message.value)["i"]
+            self._prefetch(ev, items, entries)
             for idx, item in enumerate(items):
-                name = table_for(item[0])
-                key = (name, item[2])
-                entry = entries.get(key, _MISSING)
-                if entry is _MISSING:
-                    entry = table_get(self.tables[name], ev, item[2])
+                key = (table_for(item[0]), item[2])
+                entry = entries[key]
                 new_entry, deltas = apply_item(entry, item)
                 if new_entry is None:
                     duplicates += not deltas
@@ -99,11 +104,24 @@ class LedgerStage:
         await send_all(pending)
         rows: dict[str, list[tuple[Any, str, bytes]]] = defaultdict(list)
         for key, ev in dirty.items():
-            rows[key[0]].append((ev, key[1], dumps(entries[key])))
+            rows[key[0]].append((ev, key[1], orjson.dumps(entries[key])))
         for name, table_rows in rows.items():
             await self.writers[name].write(table_rows)
         if duplicates:
             EVENTS_DUPLICATE.labels(group=self.group, topic="entities").inc(duplicates)
+
+    def _prefetch(self, ev: Any, items: list[Any], entries: dict[tuple[str, str], Any]) -> None:
+        """Read the ledger entries of a message's entities not read yet (one multi-get per
+        table; all keys of a message live in the message's partition)."""
+        wanted: dict[str, list[str]] = defaultdict(list)
+        for item in items:
+            name = table_for(item[0])
+            if (name, item[2]) not in entries:
+                entries[(name, item[2])] = _MISSING
+                wanted[name].append(item[2])
+        for name, keys in wanted.items():
+            for key, raw in zip(keys, read_many(self.tables[name], ev, keys), strict=True):
+                entries[(name, key)] = None if raw is None else orjson.loads(raw)
 
 
 class CellStage:
@@ -121,12 +139,12 @@ class CellStage:
         for ev in events:
             msg = orjson.loads(ev.message.value)
             source = msg["src"]
+            fresh = list(dict.fromkeys(d[0] for d in msg["d"] if d[0] not in states))
+            for cell, raw in zip(fresh, read_many(self.cells, ev, fresh), strict=True):
+                states[cell] = new_state() if raw is None else thaw(decode_state(raw))
+                event_of[cell] = ev
             for cell, position, delta in msg["d"]:
-                state = states.get(cell)
-                if state is None:
-                    state = table_get(self.cells, ev, cell) or new_state()
-                    states[cell] = state
-                    event_of[cell] = ev
+                state = states[cell]
                 if already_applied(state, source, position):
                     continue
                 apply_delta(state, cell, delta)

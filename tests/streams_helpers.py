@@ -4,6 +4,7 @@ Kafka and PostgreSQL, wait for it, read what it wrote."""
 from __future__ import annotations
 
 import asyncio
+import csv
 import dataclasses
 import json
 import os
@@ -12,14 +13,25 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import h3
 
+from lpt.geo import ForceArea
 from lpt.scratch import create_database
 from lpt.settings import Settings
-from streams.cli import fetch_cells, stream_groups, wait_until_idle
+from streams.cli import (
+    fetch_cells,
+    group_lag,
+    scorer_settled,
+    stream_groups,
+    wait_until_idle,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -98,7 +110,12 @@ async def wait_idle(settings: Settings, workers: list[Worker], timeout: float = 
         if await wait_until_idle(settings, 5, poll=0.3, only=groups):
             return
         await asyncio.sleep(0.2)
-    raise AssertionError("stream worker not idle in time:\n" + "\n".join(w.tail() for w in workers))
+    lags = await group_lag(settings, groups)
+    settled = await scorer_settled(settings)
+    raise AssertionError(
+        f"stream worker not idle in time (lag {lags}, scorer settled {settled}):\n"
+        + "\n".join(w.tail() for w in workers)
+    )
 
 
 async def cells(settings: Settings, level: str = "res9") -> dict[str, dict[str, Any]]:
@@ -130,3 +147,120 @@ def comparable(table: dict[str, dict[str, Any]]) -> dict[str, tuple[Any, ...]]:
         )
         for cell, r in table.items()
     }
+
+
+# --------------------------------------------------------------------------- crime oracle
+
+ORACLE_DAY = 86400.0
+ORACLE_HARM_HALF_LIFE = 90 * ORACLE_DAY
+#: Crime types that never raise harm (DESIGN §5): police-generated, and ASB (concern only).
+ORACLE_NO_HARM = ("Drugs", "Possession of weapons", "Anti-social behaviour")
+
+
+def oracle_harm_weights(data_dir: Path) -> dict[str, float]:
+    """CCHI days per police.uk crime type, straight from the shared file, exclusions at 0."""
+    weights: dict[str, float] = {}
+    path = data_dir / "harm_weights" / "cchi2026_days_by_policeuk_crime_type_national.csv"
+    with open(path, newline="") as fh:
+        for row in csv.DictReader(fh):
+            weights[row["crime_type"]] = float(row["cchi_days"])
+    for excluded in ORACLE_NO_HARM:
+        weights[excluded] = 0.0
+    return weights
+
+
+@dataclasses.dataclass
+class CrimeOracle:
+    """What the stream's res-9 tables must show for a set of police.uk rows, computed in one
+    batch pass with the csv module, the shared weights file and h3 (no code shared with
+    ``streams/`` or ``producers/``). Every row is one crime: nothing lost, nothing twice."""
+
+    #: res-9 cell -> [(harm weight, event time)] of its located, in-area, harm-bearing rows
+    harm: dict[str, list[tuple[float, float]]]
+    #: res-9 cell -> [(crime type, event time)] of every located, in-area row
+    crimes: dict[str, list[tuple[str, float]]]
+    #: located rows outside the force area (counted at force level only)
+    outside: int
+    #: the latest event time of the rows (the tables' ``as_of``)
+    as_of: float
+
+    def harm_at(self, cell: str, now: float) -> float:
+        return sum(
+            w * 2 ** (-(now - t) / ORACLE_HARM_HALF_LIFE) for w, t in self.harm.get(cell, [])
+        )
+
+    def counts_at(self, cell: str, now: float, days: int) -> dict[str, int]:
+        """Crimes per type whose event day lies within the last ``days`` days of ``now``."""
+        today = int(now // ORACLE_DAY)
+        out: Counter[str] = Counter()
+        for crime_type, t in self.crimes.get(cell, []):
+            if 0 <= today - int(t // ORACLE_DAY) < days:
+                out[crime_type] += 1
+        return dict(out)
+
+
+def crime_oracle(files: Sequence[Path], data_dir: Path, boundary: Path) -> CrimeOracle:
+    """The :class:`CrimeOracle` of police.uk street-level CSV ``files``."""
+    weights = oracle_harm_weights(data_dir)
+    rows: list[dict[str, str]] = []
+    for path in files:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            rows.extend(r for r in csv.DictReader(fh) if r["Latitude"] and r["Longitude"])
+    inside = (
+        ForceArea.load(boundary)
+        .contains([float(r["Latitude"]) for r in rows], [float(r["Longitude"]) for r in rows])
+        .tolist()
+    )
+    harm: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    crimes: dict[str, list[tuple[str, float]]] = defaultdict(list)
+    outside = 0
+    latest = float("-inf")
+    for r, ok in zip(rows, inside, strict=True):
+        y, m = (int(x) for x in r["Month"].split("-"))
+        t = datetime(y, m, 15, tzinfo=UTC).timestamp()
+        latest = max(latest, t)
+        if not ok:
+            outside += 1
+            continue
+        cell = h3.cell_to_parent(
+            h3.latlng_to_cell(float(r["Latitude"]), float(r["Longitude"]), 10), 9
+        )
+        crimes[cell].append((r["Crime type"], t))
+        w = weights[r["Crime type"]]
+        if w:
+            harm[cell].append((w, t))
+    return CrimeOracle(dict(harm), dict(crimes), outside, latest)
+
+
+def oracle_differences(
+    streamed: dict[str, dict[str, Any]], oracle: CrimeOracle, rel: float = 1e-6
+) -> list[str]:
+    """Every way the streamed res-9 table (``cells()``) differs from the oracle: event time,
+    harm per cell, the set of cells with harm, and crimes per type in the 90-day window (this
+    one covers every crime type, the harmless ones too). Empty when they agree."""
+    out: list[str] = []
+    as_of = {r["as_of"] for r in streamed.values()}
+    want_as_of = datetime.fromtimestamp(oracle.as_of, UTC).isoformat().replace("+00:00", "Z")
+    if as_of != {want_as_of}:
+        out.append(f"as_of {sorted(as_of)[:3]} != {want_as_of}")
+    for cell in sorted(oracle.harm):
+        row = streamed.get(cell)
+        if row is None:
+            out.append(f"{cell}: cell with harm missing")
+            continue
+        want = oracle.harm_at(cell, oracle.as_of)
+        got = row["components"]["harm"] or 0.0
+        if abs(got - want) > rel * max(abs(want), 1e-9):
+            out.append(f"{cell}: harm {got!r} != oracle {want!r}")
+    with_harm = {c for c, r in streamed.items() if (r["components"]["harm"] or 0) > 0}
+    for cell in sorted(with_harm - set(oracle.harm)):
+        out.append(f"{cell}: harm {streamed[cell]['components']['harm']!r} not in the oracle")
+    for cell in sorted(set(oracle.crimes) | set(streamed)):
+        want_counts = oracle.counts_at(cell, oracle.as_of, 90)
+        row = streamed.get(cell)
+        got_counts = {
+            k: v["90d"] for k, v in ((row or {}).get("counts") or {}).items() if v.get("90d")
+        }
+        if got_counts != want_counts:
+            out.append(f"{cell}: 90-day crimes {got_counts} != oracle {want_counts}")
+    return out

@@ -18,8 +18,11 @@ location) keep counts only: they are reported at force level and never scored.
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
+
+import orjson
 
 from streams.scoring import decay, nearrepeat
 from streams.scoring.config import (
@@ -40,6 +43,32 @@ UNLOCATED = "_unlocated"
 
 def new_state() -> CellState:
     return {"v": 0, "wm": {}, "t": -math.inf}
+
+
+def decode_state(raw: bytes) -> Any:
+    """A JSON document holding cell states (a state, or a ``[cell, seq, state]`` summary),
+    parsed with orjson. Why the fallback: states written before orjson carry ``-Infinity``,
+    which only the standard library reads. Call :func:`thaw` on each state after."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)
+
+
+def thaw(state: CellState) -> CellState:
+    """Restore the ``-inf`` "never" times that JSON cannot carry (orjson writes them as null):
+    the cell's event time and the reference times of decayed sums that never received weight."""
+    if state.get("t") is None:
+        state["t"] = -math.inf
+    sums = [state.get("h"), state.get("a"), *(state.get("ht") or {}).values()]
+    sv = state.get("sv")
+    if sv:
+        sums += [sv.get("n"), sv.get("m")]
+    sums += (state.get("st") or {}).values()
+    for ds in sums:
+        if ds is not None and ds[1] is None:
+            ds[1] = -math.inf
+    return state
 
 
 def is_pseudo(cell: str) -> bool:

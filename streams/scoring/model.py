@@ -130,6 +130,9 @@ class PriorityModel:
         self.la_reg_eth: dict[str, Counter[str]] = {}
         self._cell_reg: dict[int, tuple[str | None, dict[str, int], dict[str, int]]] = {}
         self._cap = 0
+        #: Bumped when a cell is added or changes area; the cached groupings follow it.
+        self._layout = 0
+        self._layout_cache: dict[str, tuple[int, list[str], IntArray, list[list[int]]]] = {}
         for cell in sorted(reference.cell_postcodes):
             self._ensure(cell)
 
@@ -152,6 +155,7 @@ class PriorityModel:
         if i is not None:
             return i
         i = len(self.cells)
+        self._layout += 1
         self._grow(i + 1)
         self.cells.append(cell)
         self.index[cell] = i
@@ -209,6 +213,7 @@ class PriorityModel:
             la = self.ref.local_authority_of(cell, state.get("ls"))
             if la:
                 self.la_of[i] = la
+                self._layout += 1
                 c["households"][i] = self._households(self.ref.cell_postcodes.get(cell, 0), la)
         self._track_registrations(i, rg)
         return True
@@ -288,7 +293,7 @@ class PriorityModel:
             "res9", list(self.cells), sums, rep_cell, force_rate, force_mean, members=None
         )
         for level in ("res8", "res7", "ward", "local_authority", "force"):
-            ids, group = self._groups(level)
+            ids, group, members = self._grouping(level)
             inside = group >= 0
             agg = {
                 k: np.bincount(group[inside], weights=v[inside], minlength=len(ids)).astype(
@@ -306,14 +311,24 @@ class PriorityModel:
             elif level == "force":
                 r = reps.get("")
                 rep = np.array([r.gap if r else math.nan])
-            members: list[list[int]] = [[] for _ in ids]
-            for i, g in enumerate(group.tolist()):
-                if g >= 0:
-                    members[g].append(i)
             levels[level] = self._level(
                 level, ids, agg, rep, force_rate, force_mean, members=members
             )
         return Tables(now, levels, force_rate, force_mean, reps)
+
+    def _grouping(self, level: str) -> tuple[list[str], IntArray, list[list[int]]]:
+        """A level's area ids, each cell's area index (-1: none) and each area's cells, cached
+        until a cell is added or moves area (re-grouping every batch cost more than ranking)."""
+        hit = self._layout_cache.get(level)
+        if hit is not None and hit[0] == self._layout:
+            return hit[1], hit[2], hit[3]
+        ids, group = self._groups(level)
+        members: list[list[int]] = [[] for _ in ids]
+        for i, g in enumerate(group.tolist()):
+            if g >= 0:
+                members[g].append(i)
+        self._layout_cache[level] = (self._layout, ids, group, members)
+        return ids, group, members
 
     def _groups(self, level: str) -> tuple[list[str], IntArray]:
         if level == "force":
@@ -367,9 +382,10 @@ class PriorityModel:
         raw = {name: round_sig(np.asarray(v, dtype=np.float64)) for name, v in raw.items()}
         pct = {name: percentile_ranks(v) for name, v in raw.items()}
         score = np.round(weighted_score(pct), 12)
-        order = sorted(range(len(ids)), key=lambda i: (-score[i], ids[i]))
+        # Highest score first, ties by area id (lexsort: the last key is the primary one).
+        order = np.lexsort((np.asarray(ids, dtype=np.str_), -score))
         rank = np.empty(len(ids), dtype=np.int64)
-        rank[np.array(order, dtype=np.int64)] = np.arange(1, len(ids) + 1)
+        rank[order] = np.arange(1, len(ids) + 1)
         return LevelTable(level, ids, raw, pct, score, rank, top_cutoff(len(ids)), members or [])
 
     # ------------------------------------------------------------------ rows

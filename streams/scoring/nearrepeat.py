@@ -8,6 +8,7 @@ and prunes those older than the window.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import h3
@@ -17,12 +18,14 @@ from streams.scoring.config import NEAR_REPEAT_RING, NEAR_REPEAT_WEEKS, WEEK
 Entry = list[float]  # [t, ring, count]
 
 
-def ring_cells(cell: str) -> list[tuple[str, int]]:
-    """(cell, ring) for the burglary's own cell (ring 0) and its k=1 neighbours."""
+@functools.lru_cache(maxsize=65_536)
+def ring_cells(cell: str) -> tuple[tuple[str, int], ...]:
+    """(cell, ring) for the burglary's own cell (ring 0) and its k=1 neighbours (cached: a
+    force has a few tens of thousands of cells, and burglaries repeat in them)."""
     out = [(cell, 0)]
     for ring in range(1, NEAR_REPEAT_RING + 1):
         out.extend((str(c), ring) for c in sorted(h3.grid_ring(cell, ring)))
-    return out
+    return tuple(out)
 
 
 def weight(ring: int, age_seconds: float) -> float:
