@@ -8,19 +8,22 @@ the end offset minus the group's committed offset, per partition, for the deploy
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from lpt.kafka import dead_letter_topic_name, topic_name
+from lpt.kafka import (
+    QUERY_TIMEOUT_S,
+    dead_letter_topic_name,
+    group_state,
+    offsets_of,
+    partitions_of,
+    topic_name,
+)
 from lpt.settings import Settings
 from schemas.topics import ALL_TOPICS
-
-#: Offset queries block while a partition is unknown; never let a status page hang on that.
-QUERY_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -94,42 +97,6 @@ def make_offsets_consumer(settings: Settings) -> AIOKafkaConsumer:
     )
 
 
-async def _partitions(admin: AIOKafkaAdminClient, names: Sequence[str]) -> dict[str, list[int]]:
-    if not names:
-        return {}
-    described = await admin.describe_topics(list(names))
-    return {
-        d["topic"]: sorted(p["partition"] for p in d["partitions"])
-        for d in described
-        if d.get("error_code", 0) == 0
-    }
-
-
-async def _offsets(
-    consumer: AIOKafkaConsumer, tps: list[TopicPartition]
-) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
-    if not tps:
-        return {}, {}
-    begin = await asyncio.wait_for(consumer.beginning_offsets(tps), QUERY_TIMEOUT_S)
-    end = await asyncio.wait_for(consumer.end_offsets(tps), QUERY_TIMEOUT_S)
-    return begin, end
-
-
-async def _group_state(admin: AIOKafkaAdminClient, group: str) -> tuple[str, int]:
-    """(state, member count) from DescribeGroups; 'unknown' if the broker's answer is odd."""
-    try:
-        responses = await admin.describe_consumer_groups([group])
-        for response in responses:
-            for entry in response.groups:
-                # DescribeGroups v0+: (error_code, group_id, state, protocol_type, protocol,
-                # members, ...)
-                if entry[1] == group:
-                    return str(entry[2]), len(entry[5])
-    except Exception:
-        pass
-    return "unknown", 0
-
-
 async def collect_status(
     settings: Settings, admin: AIOKafkaAdminClient, consumer: AIOKafkaConsumer
 ) -> StatusSnapshot:
@@ -144,9 +111,9 @@ async def collect_status(
     ]
     names = [n for pair in wanted for n in pair if n is not None and n in existing]
     prefixed = sorted(t for t in existing if t.startswith(settings.topic_prefix))
-    parts = await _partitions(admin, sorted(set(names) | set(prefixed)))
+    parts = await partitions_of(admin, sorted(set(names) | set(prefixed)))
     tps = [TopicPartition(t, p) for t, ps in parts.items() for p in ps]
-    begin, end = await _offsets(consumer, tps)
+    begin, end = await offsets_of(consumer, tps)
 
     def count(name: str | None) -> int:
         if name is None:
@@ -186,7 +153,7 @@ async def _group_lags(
                 lag[tp.topic] = lag.get(tp.topic, 0) + max(0, end[tp] - om.offset)
             if not lag:
                 return None  # a group of another deployment (other prefix)
-            state, members = await _group_state(admin, group)
+            state, members = await group_state(admin, group)
             return GroupLag(group, state, members, dict(sorted(lag.items())))
 
     results = await asyncio.gather(*(one(g) for g in listed))

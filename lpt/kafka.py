@@ -16,7 +16,7 @@ import asyncio
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
@@ -188,3 +188,48 @@ def event_headers(event: Envelope) -> list[Header]:
     else:
         headers.extend(trace_headers())
     return headers
+
+
+# --------------------------------------------------------------------------- admin queries
+
+#: Offset queries block while a partition is unknown; never let a page or check hang on that.
+QUERY_TIMEOUT_S = 10.0
+
+
+async def partitions_of(admin: AIOKafkaAdminClient, names: Sequence[str]) -> dict[str, list[int]]:
+    """Partition ids per existing topic, from the brokers' metadata (a consumer that has not
+    subscribed knows none, which would make every topic look empty)."""
+    if not names:
+        return {}
+    described = await admin.describe_topics(list(names))
+    return {
+        d["topic"]: sorted(p["partition"] for p in d["partitions"])
+        for d in described
+        if d.get("error_code", 0) == 0
+    }
+
+
+async def offsets_of(
+    consumer: AIOKafkaConsumer, tps: list[TopicPartition]
+) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
+    """(beginning, end) offsets of the partitions."""
+    if not tps:
+        return {}, {}
+    begin = await asyncio.wait_for(consumer.beginning_offsets(tps), QUERY_TIMEOUT_S)
+    end = await asyncio.wait_for(consumer.end_offsets(tps), QUERY_TIMEOUT_S)
+    return begin, end
+
+
+async def group_state(admin: AIOKafkaAdminClient, group: str) -> tuple[str, int]:
+    """(state, member count) from DescribeGroups; 'unknown' if the broker's answer is odd."""
+    try:
+        responses = await admin.describe_consumer_groups([group])
+        for response in responses:
+            for entry in response.groups:
+                # DescribeGroups v0+: (error_code, group_id, state, protocol_type, protocol,
+                # members, ...)
+                if entry[1] == group:
+                    return str(entry[2]), len(entry[5])
+    except Exception:
+        pass
+    return "unknown", 0

@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from lpt.kafka import topic_name
+from lpt.kafka import partitions_of, topic_name
 from lpt.settings import Settings, get_settings
 from schemas.topics import INPUT_TOPICS
 from streams.app import app_id, internal_topics
@@ -128,7 +128,7 @@ async def group_lag(settings: Settings, only: Sequence[str] | None = None) -> di
                     t for t in topics if t not in ordered
                 ]
             lag = 0
-            partitions = await _partitions(admin, topics)
+            partitions = await partitions_of(admin, topics)
             for topic in topics:
                 tps = [TopicPartition(topic, p) for p in partitions.get(topic, [])]
                 if not tps:
@@ -144,18 +144,6 @@ async def group_lag(settings: Settings, only: Sequence[str] | None = None) -> di
     finally:
         await consumer.stop()
         await admin.close()
-
-
-async def _partitions(admin: AIOKafkaAdminClient, topics: Sequence[str]) -> dict[str, list[int]]:
-    """Partition ids per topic, from the brokers' metadata (an unsubscribed consumer knows none,
-    which would make every topic look empty)."""
-    if not topics:
-        return {}
-    out: dict[str, list[int]] = {}
-    for meta in await admin.describe_topics(list(topics)):
-        if meta.get("error_code", 0) == 0:
-            out[meta["topic"]] = sorted(p["partition"] for p in meta["partitions"])
-    return out
 
 
 async def scorer_settled(settings: Settings) -> bool:

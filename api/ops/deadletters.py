@@ -27,8 +27,8 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
 
-from api.topic_stats import _offsets, _partitions, make_offsets_consumer
-from lpt.kafka import dead_letter_topic_name, topic_name
+from api.topic_stats import make_offsets_consumer
+from lpt.kafka import dead_letter_topic_name, offsets_of, partitions_of, topic_name
 from lpt.logs import TRACE_HEADER, bound_trace, current_trace_id, get_logger
 from lpt.metrics import DEAD_LETTER_REPLAYS
 from lpt.settings import Settings
@@ -261,14 +261,14 @@ async def _replays(
 async def _bounds(
     settings: Settings, admin: AIOKafkaAdminClient, topic: str
 ) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
-    parts = (await _partitions(admin, [topic])).get(topic, [])
+    parts = (await partitions_of(admin, [topic])).get(topic, [])
     tps = [TopicPartition(topic, p) for p in parts]
     if not tps:
         return {}, {}
     consumer = make_offsets_consumer(settings)
     await consumer.start()
     try:
-        return await _offsets(consumer, tps)
+        return await offsets_of(consumer, tps)
     finally:
         await consumer.stop()
 

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from api.topic_stats import _group_state, _offsets, _partitions, make_offsets_consumer
-from lpt.kafka import dead_letter_topic_name
+from api.topic_stats import make_offsets_consumer
+from lpt.kafka import dead_letter_topic_name, group_state, offsets_of, partitions_of
 from lpt.logs import get_logger
 from lpt.metrics import (
     CONSUMER_LAG,
@@ -208,9 +208,9 @@ async def collect_lag(
     """Offsets of the deployment's topics and every group's lag on them (no rates)."""
     existing = await admin.list_topics()
     prefixed = sorted(t for t in existing if t.startswith(settings.topic_prefix))
-    parts = await _partitions(admin, prefixed)
+    parts = await partitions_of(admin, prefixed)
     tps = [TopicPartition(t, p) for t, ps in parts.items() for p in ps]
-    begin, end = await _offsets(offsets_consumer, tps)
+    begin, end = await offsets_of(offsets_consumer, tps)
     committed = await _committed_offsets(admin, end, settings.topic_prefix)
     # The next record each group will read; below the log start it is the oldest one held.
     wanted = {
@@ -230,7 +230,7 @@ async def collect_lag(
                 ts = stamps.get((tp, max(offset, begin.get(tp, 0))))
                 seconds = None if ts is None else max(0.0, (now_ms - ts) / 1000)
             partitions.append(PartitionLag(group, tp.topic, tp.partition, offset, end[tp], seconds))
-        state, members = await _group_state(admin, group)
+        state, members = await group_state(admin, group)
         groups.append(GroupInfo(group, state, members, partitions))
     return LagSnapshot(time.time(), begin, end, groups)
 
