@@ -42,14 +42,19 @@ def test_project_services_point_at_the_compose_servers() -> None:
     pg = services["postgres"]["environment"]
     known_env = {env for env, _ in Settings.describe()}
     commands = command_names()
-    for name in ("init", "web", "worker"):
+    for name in ("init", "web", "worker", "notify"):
         env = services[name]["environment"]
         assert set(env) <= known_env, f"{name} sets variables the settings module does not read"
         assert env["LPT_KAFKA_BOOTSTRAP"] == "kafka:9092"
         user, password, db = pg["POSTGRES_USER"], pg["POSTGRES_PASSWORD"], pg["POSTGRES_DB"]
         assert env["LPT_DATABASE_URL"] == f"postgresql://{user}:{password}@postgres:5432/{db}"
         assert services[name]["command"][0] in commands
-    assert services["web"]["depends_on"]["init"]["condition"] == "service_completed_successfully"
+    for name in ("web", "worker", "notify"):
+        assert services[name]["depends_on"]["init"]["condition"] == "service_completed_successfully"
+        # Every service that reads personal data or signs links gets both keys.
+        assert set(services[name]["secrets"]) == {"lpt_master_key", "lpt_link_key"}
+        env = services[name]["environment"]
+        assert env["LPT_LINK_KEY_FILE"] == "/run/secrets/lpt_link_key"
     assert services["init"]["depends_on"]["kafka"]["condition"] == "service_healthy"
 
 
