@@ -6,7 +6,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -23,7 +27,8 @@ from lpt.kafka import make_producer, publish_raw, topic_name
 from lpt.metrics import REGISTRY
 from lpt.metrics_server import WorkerMetricsServer
 from lpt.settings import Settings
-from schemas.topics import CRIME, RESIDENTS, TopicSpec
+from schemas.topics import CRIME, NOTIFICATIONS_REQUESTED, RESIDENTS, TopicSpec
+from tests.streams_helpers import ROOT, worker_env
 from tests.test_gateway import crime
 from tests.web_helpers import KEY_A, running_app, web_settings
 
@@ -361,6 +366,67 @@ async def test_workers_register_serve_metrics_and_are_aggregated(ops: Any) -> No
     assert row["health"] == "stopped"
     found = samples(await (await client.get("/metrics")).text())
     assert worker.name not in {labels.get("lpt_process") for labels, _ in found["lpt_kafka_up"]}
+
+
+async def test_notification_worker_process_serves_metrics_aggregated_by_the_web(
+    ops: Any, tmp_path: Path
+) -> None:
+    """``lpt notify`` as a real process: registered as kind ``notifications``, its own counters
+    (here a dead letter it wrote) reach the web service's /metrics under its process label,
+    and a clean stop shows as ``stopped``."""
+    client, settings = ops
+    env = worker_env(settings, tmp_path)
+    env.update(
+        LPT_MASTER_KEY_FILE=str(settings.master_key_file),
+        LPT_LINK_KEY_FILE=str(tmp_path / "link.key"),
+        LPT_SURVEY_AUTO_WAVES="0",
+        LPT_METRICS_PORT="0",
+        LPT_METRICS_HOST="127.0.0.1",
+    )
+    log_path = tmp_path / "notify.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lpt.cli", "notify"],
+            cwd=ROOT,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        producer = make_producer(settings)
+        await producer.start()
+        try:
+            await producer.send_and_wait(
+                topic_name(NOTIFICATIONS_REQUESTED, settings), b"not json", key=b"bad"
+            )
+        finally:
+            await producer.stop()
+        name = None
+        dead: dict[str, float] = {}
+        for _ in range(120):  # up to 30 s: start-up, registration, the dead letter
+            assert proc.poll() is None, log_path.read_text()[-2000:]
+            overview = await (await client.get("/api/v1/ops", headers=AUTH)).json()
+            mine = [w for w in overview["workers"] if w["kind"] == "notifications"]
+            if mine:
+                name = mine[0]["name"]
+                found = samples(await (await client.get("/metrics")).text())
+                dead = {
+                    labels.get("lpt_process", ""): v
+                    for labels, v in found.get("lpt_dead_letters_total", [])
+                    if labels["topic"] == NOTIFICATIONS_REQUESTED.name
+                }
+                if dead.get(name):
+                    break
+            await asyncio.sleep(0.25)
+        assert name is not None, "the notification worker never registered"
+        assert mine[0]["health"] == "up" and mine[0]["url"].startswith("http://127.0.0.1:")
+        assert dead[name] == 1.0, dead  # counted in the worker process, labelled with it
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    overview = await (await client.get("/api/v1/ops", headers=AUTH)).json()
+    (row,) = [w for w in overview["workers"] if w["name"] == name]
+    assert row["health"] == "stopped"
 
 
 # -- tracing -----------------------------------------------------------------------------

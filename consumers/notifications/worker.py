@@ -47,6 +47,7 @@ from lpt.db import create_pool
 from lpt.kafka import ensure_topics, make_producer, publish_raw, topic_name
 from lpt.logs import get_logger
 from lpt.metrics import EVENTS_DUPLICATE, EVENTS_PROCESSED, PROCESSING_SECONDS
+from lpt.metrics_server import worker_metrics
 from lpt.settings import Settings, get_settings
 from schemas.notifications import NotificationRequested, NotificationSent
 from schemas.registry import InvalidEvent, decode, encode
@@ -345,12 +346,14 @@ async def run_worker(
     settings: Settings, stop: asyncio.Event | None = None, until_idle: bool = False
 ) -> WorkerStats:
     stop = stop or asyncio.Event()
-    worker = NotificationWorker(settings)
-    await worker.start()
-    try:
-        return await worker.run(stop, until_idle=until_idle)
-    finally:
-        await worker.stop()
+    # Its own /metrics (sends, holds, failures live in this process) and its ops_workers row.
+    async with worker_metrics(settings, "notifications"):
+        worker = NotificationWorker(settings)
+        await worker.start()
+        try:
+            return await worker.run(stop, until_idle=until_idle)
+        finally:
+            await worker.stop()
 
 
 def cli(args: argparse.Namespace) -> int:
