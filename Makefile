@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck down status bench clean
+.PHONY: install run test test-faults lint typecheck down status bench clean
 
 install: $(STAMP)
 
@@ -33,6 +33,11 @@ test: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	bash infra/run-tests.sh
+
+# Only the fault tests (also part of `make test`): they start a Kafka broker and a PostgreSQL
+# cluster of their own under .lpt/faults (ports 29192/29193, 25532) and restart them.
+test-faults: install
+	bash infra/run-tests.sh -m faults
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
