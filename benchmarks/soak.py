@@ -727,6 +727,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     settings: Settings | None = None
     stop_load = asyncio.Event()
     load_tasks: list[asyncio.Task[None]] = []
+    # Ctrl-C and SIGTERM cancel this coroutine, so the clean-up below runs; during the
+    # clean-up they are ignored (a second Ctrl-C would otherwise leave processes behind).
+    loop = asyncio.get_running_loop()
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, main_task.cancel)
     try:
         smtp = SmtpServerProcess()
         settings = await create_scratch(
@@ -811,6 +818,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         totals = await scrape_totals(settings.base_url)
         published = producer_counts(producer)
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, lambda: print("cleaning up, please wait", file=sys.stderr))
         stop_load.set()
         for t in load_tasks:
             t.cancel()
@@ -949,13 +958,9 @@ def main() -> None:
     if args.minutes <= 0 or args.rate <= 0 or args.http_rate <= 0 or args.workers < 1:
         parser.error("--minutes, --rate, --http-rate must be positive and --workers at least 1")
 
-    def terminate(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt  # the same clean-up as Ctrl-C
-
-    signal.signal(signal.SIGTERM, terminate)
     try:
         result = asyncio.run(run(args))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         print(
             "interrupted: processes stopped, scratch topics and database removed", file=sys.stderr
         )
