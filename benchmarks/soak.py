@@ -13,9 +13,10 @@ process as in production:
   survey answers, set-ups and door knocks (``producers.synthetic``), ``--crime-share`` crime;
 
 and, from this process, officer HTTP clients (a supervisor scoped to Hull) calling the priority
-endpoints at ``--http-rate`` requests/s in all, one "you said, we did" update (``POST
-/api/v1/feedback``) to a ward of ``--residents`` residents with confirmed e-mail every
-``--notify-every`` s, and one probe crime every ``--probe-every`` s (a burglary in a cell no
+endpoints at ``--http-rate`` requests/s in all; every ``--notify-every`` s, by turns, a "you
+said, we did" update (``POST /api/v1/feedback``: the message budget and quiet hours apply, so
+it is often held) or an urgent safety alert on ``notifications.requested`` (sent at once), both
+to a ward of ``--residents`` residents with confirmed e-mail; and one probe crime every ``--probe-every`` s (a burglary in a cell no
 event used), timed from sending to the first scorer output about its cell
 (``priority.changed`` or its near-repeat ``officer.alert``): produce -> priority latency.
 
@@ -101,8 +102,8 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def rss_mb(pid: int) -> float | None:
-    """Resident memory of ``pid`` and its descendants in MB (VmRSS), None once it is gone."""
+def rss_mb(pid: int, children: bool = True) -> float | None:
+    """Resident memory of ``pid`` (and its descendants) in MB (VmRSS), None once it is gone."""
     total_kb = 0
     todo = [pid]
     found = False
@@ -114,7 +115,8 @@ def rss_mb(pid: int) -> float | None:
                     total_kb += int(line.split()[1])
                     found = True
                     break
-        todo.extend(_children(p))
+        if children:
+            todo.extend(_children(p))
     return round(total_kb / 1024, 1) if found else None
 
 
@@ -359,6 +361,7 @@ class HttpStats:
     )
     errors: Counter[str] = field(default_factory=Counter)
     feedback_sent: int = 0
+    alerts_sent: int = 0
 
     def record(self, kind: str, at: float, seconds: float, ok: bool) -> None:
         if ok:
@@ -399,7 +402,12 @@ async def login(base: str, password: str) -> tuple[aiohttp.CookieJar, str]:
 
 
 async def http_clients(
-    base: str, password: str, args: argparse.Namespace, stats: HttpStats, stop: asyncio.Event
+    settings: Settings,
+    base: str,
+    password: str,
+    args: argparse.Namespace,
+    stats: HttpStats,
+    stop: asyncio.Event,
 ) -> None:
     """``--clients`` officers on the priority endpoints, ``--http-rate`` requests/s in all."""
     from benchmarks.notify_60k import WARD
@@ -439,28 +447,58 @@ async def http_clients(
                     await asyncio.wait_for(stop.wait(), max(0.0, next_at - time.monotonic()))
 
     async def feedback() -> None:
+        """Every ``--notify-every`` s, by turns: an officer's update through the API (ordinary:
+        the budget and quiet hours apply, so it may be held) and an urgent safety alert
+        published as a force system would (sent at once, whatever the hour)."""
+        from lpt.kafka import make_producer, publish
+        from schemas.envelope import utcnow
+        from schemas.notifications import Audience, NotificationRequested
+
         jar, csrf = await login(base, password)
-        async with aiohttp.ClientSession(base_url=base, cookie_jar=jar) as http:
-            while not stop.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), args.notify_every)
-                if stop.is_set():
-                    return
-                started = time.perf_counter()
-                ok = False
-                body = {
-                    "subject": "You said, we did: speeding on the ring road",
-                    "body": "Thank you for telling us. We have run speed checks every week.",
-                    "ward_codes": [WARD],
-                }
-                with contextlib.suppress(aiohttp.ClientError, OSError):
-                    async with http.post(
-                        "/api/v1/feedback", json=body, headers={"X-CSRF-Token": csrf}
-                    ) as resp:
-                        await resp.read()
-                        ok = resp.status in (200, 201, 202)
-                stats.record("feedback", time.monotonic(), time.perf_counter() - started, ok)
-                stats.feedback_sent += ok
+        producer = make_producer(settings)
+        await producer.start()
+        try:
+            async with aiohttp.ClientSession(base_url=base, cookie_jar=jar) as http:
+                n = 0
+                while not stop.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), args.notify_every)
+                    if stop.is_set():
+                        return
+                    n += 1
+                    if n % 2 == 0:
+                        alert = NotificationRequested(
+                            occurred_at=utcnow(),
+                            source="soak",
+                            notification_id=f"soak-alert-{n}-{os.getpid()}",
+                            kind="safety_alert",
+                            urgent=True,
+                            audience=Audience(ward_codes=[WARD]),
+                            subject="Safety alert: burglaries in your street tonight",
+                            body="Please lock doors and windows. Call 101 with information.",
+                            sender="soak-force-system",
+                            allow_reply=False,
+                        )
+                        await publish(producer, [alert], settings)
+                        stats.alerts_sent += 1
+                        continue
+                    started = time.perf_counter()
+                    ok = False
+                    body = {
+                        "subject": "You said, we did: speeding on the ring road",
+                        "body": "Thank you for telling us. We have run speed checks every week.",
+                        "ward_codes": [WARD],
+                    }
+                    with contextlib.suppress(aiohttp.ClientError, OSError):
+                        async with http.post(
+                            "/api/v1/feedback", json=body, headers={"X-CSRF-Token": csrf}
+                        ) as resp:
+                            await resp.read()
+                            ok = resp.status in (200, 201, 202)
+                    stats.record("feedback", time.monotonic(), time.perf_counter() - started, ok)
+                    stats.feedback_sent += ok
+        finally:
+            await producer.stop()
 
     await asyncio.gather(*(client(n) for n in range(args.clients)), feedback())
 
@@ -568,7 +606,8 @@ async def take_sample(
         "t": round(time.monotonic() - t0, 1),
         "input_end_offsets": await input_end_offsets(settings, consumer),
         "lag": {g.removeprefix(settings.topic_prefix): v for g, v in sorted(lags.items())},
-        "rss_mb": {c.name: rss_mb(c.proc.pid) for c in children} | {"driver": rss_mb(os.getpid())},
+        "rss_mb": {c.name: rss_mb(c.proc.pid) for c in children}
+        | {"driver": rss_mb(os.getpid(), children=False)},
     }
 
 
@@ -775,7 +814,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         http = HttpStats()
         probes = Probes()
         load_tasks = [
-            asyncio.create_task(http_clients(settings.base_url, password, args, http, stop_load)),
+            asyncio.create_task(
+                http_clients(settings, settings.base_url, password, args, http, stop_load)
+            ),
             asyncio.create_task(probe_latency(settings, args.probe_every, probes, stop_load)),
         ]
         offsets = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
@@ -869,6 +910,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "stream_workers": args.workers,
         "http": {"clients": args.clients, "target_requests_per_s": args.http_rate, **http_summary},
         "feedback_updates_sent": http.feedback_sent,
+        "urgent_alerts_sent": http.alerts_sent,
         "residents_in_ward": args.residents,
         "smtp_accepted": accepted,
         "throughput": {
@@ -913,8 +955,10 @@ def render(r: dict[str, Any]) -> str:
             else []
         ),
         f"HTTP: {h['requests']} requests, p50 {h['p50_ms']} ms, p99 {h['p99_ms']} ms,"
-        f" {h['errors']} errors; feedback updates {r['feedback_updates_sent']},"
+        f" {h['errors']} errors; feedback updates {r['feedback_updates_sent']}, urgent alerts"
+        f" {r['urgent_alerts_sent']},"
         f" e-mails accepted {r['smtp_accepted']}",
+        f"notification statuses (from /metrics): {r['totals_from_metrics']['notifications']}",
         f"produce -> priority: {p['answered']}/{p['probes']} probes, p50 {p['p50_ms']} ms,"
         f" p99 {p['p99_ms']} ms",
         f"{'process':18} {'start MB':>9} {'end MB':>8} {'growth':>8} {'allowed':>8} {'MB/min':>7}",
