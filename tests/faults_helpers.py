@@ -38,9 +38,12 @@ ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"
 FAULTS_HOME = Path(os.environ.get("LPT_FAULTS_HOME", ROOT / ".lpt" / "faults"))
 #: Loopback ports of the fault stack: never the shared test servers' 29092/29093/25432.
-KAFKA_PORT = int(os.environ.get("LPT_FAULTS_KAFKA_PORT", "29192"))
-CONTROLLER_PORT = int(os.environ.get("LPT_FAULTS_KAFKA_CONTROLLER_PORT", "29193"))
-PG_PORT = int(os.environ.get("LPT_FAULTS_PG_PORT", "25532"))
+# Next to the suite's own servers (+100), so a second checkout on other ports does not collide.
+_BASE_KAFKA = int(os.environ.get("LPT_KAFKA_PORT", "29092"))
+_BASE_PG = int(os.environ.get("LPT_PG_PORT", "25432"))
+KAFKA_PORT = int(os.environ.get("LPT_FAULTS_KAFKA_PORT", str(_BASE_KAFKA + 100)))
+CONTROLLER_PORT = int(os.environ.get("LPT_FAULTS_KAFKA_CONTROLLER_PORT", str(_BASE_KAFKA + 101)))
+PG_PORT = int(os.environ.get("LPT_FAULTS_PG_PORT", str(_BASE_PG + 100)))
 #: The database every test database is copied from (migrated, reference data loaded once).
 TEMPLATE_DB = "faults_template"
 

@@ -116,10 +116,12 @@ def test_prometheus_scrapes_the_web_service_and_every_worker() -> None:
     web = jobs["lpt-web"]
     assert web["static_configs"][0]["targets"] == [f"web:{web_port}"]
     assert web["metrics_path"] == "/metrics" and web["params"] == {"scope": ["local"]}
-    worker_env = services["worker"]["environment"]
     (dns,) = jobs["lpt-workers"]["dns_sd_configs"]
-    assert dns["names"] == ["worker"] and str(dns["port"]) == worker_env["LPT_METRICS_PORT"]
-    assert worker_env["LPT_METRICS_HOST"] == "0.0.0.0"
+    assert dns["names"] == ["worker", "notify"]
+    for name in dns["names"]:  # every replica of each worker service, found through DNS
+        worker_env = services[name]["environment"]
+        assert str(dns["port"]) == worker_env["LPT_METRICS_PORT"]
+        assert worker_env["LPT_METRICS_HOST"] == "0.0.0.0"
     rules = config["rule_files"]
     assert rules == ["/etc/prometheus/alerts.yml"]
 
