@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import faust
+from aiokafka import TopicPartition
 from faust.types import TP
 
 from lpt.kafka import ensure_topics, topic_name
@@ -51,6 +52,7 @@ from streams.scorer import Scorer
 from streams.scoring.cellstate import decode_state, thaw
 from streams.source import InputSource
 from streams.stages import CellStage, LedgerStage
+from streams.watchdog import CHECK_SECONDS, StuckPartitionWatchdog
 
 log = get_logger(__name__)
 
@@ -217,6 +219,26 @@ def create_app(settings: Settings, datadir: Path | None = None) -> tuple[faust.A
 
     app.timer(interval=0.25)(settle)
 
+    def assigned_internal() -> set[TopicPartition] | None:
+        if app.rebalancing or app.in_recovery:
+            return None
+        tables: Any = app.tables
+        if not tables.recovery.completed.is_set():
+            return None
+        return {TopicPartition(tp.topic, tp.partition) for tp in app.consumer.assignment()}
+
+    watchdog = StuckPartitionWatchdog(
+        settings.bootstrap_servers, ident, names.values(), assigned_internal
+    )
+
+    async def watch() -> None:
+        try:
+            await watchdog.check()
+        except Exception as exc:  # Kafka away: judge nothing this time
+            log.warning("streams.watchdog_check_failed", error=str(exc)[:200])
+
+    app.timer(interval=CHECK_SECONDS)(watch)
+
     async def on_revoked(app: Any, revoked: Any, **_: Any) -> None:
         if any(tp.topic == names["summaries"] for tp in revoked):
             scorer.deactivate()
@@ -226,6 +248,7 @@ def create_app(settings: Settings, datadir: Path | None = None) -> tuple[faust.A
         await scorer.close()
         await source.stop()
         await metrics.stop()
+        await watchdog.close()
 
     app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
     app.on_before_shutdown.connect(on_shutdown)  # type: ignore[arg-type]

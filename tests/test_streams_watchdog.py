@@ -1,0 +1,80 @@
+"""The stuck-partition watchdog (streams/watchdog.py) against the real broker: a partition with
+messages waiting and a committed offset that does not move is judged stuck; progress, an empty
+partition, or a rebalance in progress is not."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
+
+from lpt.kafka import make_producer, topic_name
+from lpt.settings import Settings
+from schemas.topics import CRIME
+from streams import watchdog as wd
+
+
+class Recording(wd.StuckPartitionWatchdog):
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.restarts: list[tuple[TopicPartition, int, int]] = []
+
+    def restart(self, tp: TopicPartition, committed: int, end: int) -> None:
+        self.restarts.append((tp, committed, end))
+
+
+async def _commit(settings: Settings, group: str, tp: TopicPartition, offset: int) -> None:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        await consumer.commit({tp: OffsetAndMetadata(offset, "")})
+    finally:
+        await consumer.stop()
+
+
+async def test_a_partition_whose_commit_does_not_move_is_judged_stuck(
+    isolated_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = isolated_settings
+    monkeypatch.setattr(wd, "STUCK_SECONDS", 1.0)
+    topic = topic_name(CRIME, settings)
+    waiting, empty = TopicPartition(topic, 0), TopicPartition(topic, 1)
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        for i in range(5):
+            await producer.send_and_wait(topic, b"x%d" % i, partition=0)
+    finally:
+        await producer.stop()
+    group = f"{settings.topic_prefix}watchdog"
+    await _commit(settings, group, waiting, 2)
+    rebalancing = False
+
+    def assigned() -> set[TopicPartition] | None:
+        return None if rebalancing else {waiting, empty}
+
+    dog = Recording(settings.bootstrap_servers, group, [topic], assigned)
+    try:
+        await dog.check()
+        assert dog.restarts == []  # first sight of the waiting messages
+        await asyncio.sleep(1.2)
+        await _commit(settings, group, waiting, 3)  # progress resets the clock
+        await dog.check()
+        assert dog.restarts == []
+        rebalancing = True
+        await asyncio.sleep(1.2)
+        await dog.check()  # nothing is judged during a rebalance, and it forgets what it saw
+        assert dog.restarts == []
+        rebalancing = False
+        await dog.check()
+        await asyncio.sleep(1.2)
+        await dog.check()
+        # Only the partition with messages waiting behind an unmoving commit; never the empty one.
+        assert dog.restarts == [(waiting, 3, 5)]
+    finally:
+        await dog.close()
