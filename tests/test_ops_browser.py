@@ -115,9 +115,16 @@ async def reload_until(page: Any, group: str, expected: int, timeout: float = 15
     """Reload the page (as an operator presses reload) until it shows ``expected`` for
     ``group``; the last figure shown. The server reuses a lag snapshot for up to
     ``REUSE_S`` seconds, so the first reload after a change may still show the old figure."""
+    from playwright.async_api import Error as PlaywrightError
+
     deadline = time.monotonic() + timeout
     while True:
-        await page.reload()
+        try:
+            await page.reload()
+        except PlaywrightError:
+            # The page's own refresh navigated at the same moment (net::ERR_ABORTED): the
+            # page on screen is the refreshed one, which is just as good.
+            await page.wait_for_load_state()
         lag = await shown_lag(page, group)
         if lag == expected or time.monotonic() > deadline:
             return lag
