@@ -199,7 +199,9 @@ async def test_ops_page_shows_lag_rising_in_a_backfill_and_falling_to_zero(
         summary = await import_files([street_file(data_dir, month)], settings, progress=False)
         assert summary.published > 1000 and not summary.errors
         published += summary.published
-        seen_rising.append(await reload_until(page, input_group, published))
+        lag = await reload_until(page, input_group, published)
+        assert lag == published, (seen_rising, lag, published)
+        seen_rising.append(lag)
     assert seen_rising == sorted(seen_rising) and len(set(seen_rising)) == len(seen_rising)
     assert number(await page.locator("#total-lag").inner_text()) >= published
     oldest = (await lag_table(page))[input_group]["Oldest unconsumed"]
