@@ -17,9 +17,8 @@ from aiokafka.errors import KafkaError
 
 from lpt.kafka import partitions_of, topic_name
 from lpt.settings import Settings, get_settings
-from schemas.topics import INPUT_TOPICS
 from streams.app import app_id, internal_topics
-from streams.source import input_group
+from streams.source import INPUT_SPECS, input_group
 
 LEVEL_OF_RES = {9: "res9", 8: "res8", 7: "res7"}
 
@@ -113,7 +112,7 @@ async def group_lag(settings: Settings, only: Sequence[str] | None = None) -> di
         if only is not None:
             mine = list(only)
         pipeline = {
-            ordered[0]: [topic_name(t, settings) for t in INPUT_TOPICS],
+            ordered[0]: [topic_name(t, settings) for t in INPUT_SPECS],
             stream_group: list(internal_topics(settings).values()),
         }
         lags: dict[str, int] = {}

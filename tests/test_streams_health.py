@@ -1,6 +1,5 @@
-"""The stuck-partition watchdog (streams/watchdog.py) against the real broker: a partition with
-messages waiting and a committed offset that does not move is judged stuck; progress, an empty
-partition, or a rebalance in progress is not."""
+"""Stream worker health against the real broker: the stuck-partition watchdog
+(streams/watchdog.py) and the lag ``lpt wait-idle`` waits on."""
 
 from __future__ import annotations
 
@@ -12,8 +11,9 @@ from aiokafka.structs import OffsetAndMetadata
 
 from lpt.kafka import make_producer, topic_name
 from lpt.settings import Settings
-from schemas.topics import CRIME
+from schemas.topics import CRIME, NOTIFICATIONS_REQUESTED, SETUPS
 from streams import watchdog as wd
+from streams.cli import group_lag, stream_groups
 
 
 class Recording(wd.StuckPartitionWatchdog):
@@ -78,3 +78,22 @@ async def test_a_partition_whose_commit_does_not_move_is_judged_stuck(
         assert dog.restarts == [(waiting, 3, 5)]
     finally:
         await dog.close()
+
+
+async def test_stream_input_lag_counts_only_the_topics_the_stream_reads(
+    isolated_settings: Settings,
+) -> None:
+    """A set-up or a notification request (input topics of other consumers) is never lag of the
+    stream worker's input group: ``lpt wait-idle`` would wait for ever."""
+    settings = isolated_settings
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        for spec in (SETUPS, NOTIFICATIONS_REQUESTED):
+            await producer.send_and_wait(topic_name(spec, settings), b"{}")
+        groups = stream_groups(settings)
+        assert (await group_lag(settings, groups))[groups[0]] == 0
+        await producer.send_and_wait(topic_name(CRIME, settings), b"{}")
+        assert (await group_lag(settings, groups))[groups[0]] == 1
+    finally:
+        await producer.stop()
