@@ -18,7 +18,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError, for_code
 
 from lpt.logs import EVENT_ID_HEADER, EVENT_TYPE_HEADER, TRACE_HEADER, trace_headers
 from lpt.settings import Settings, get_settings
@@ -71,14 +71,34 @@ async def ensure_topics(settings: Settings | None = None) -> list[str]:
         missing = [t for t in planned_topics(settings) if t.name not in existing]
         created: list[str] = []
         for topic in missing:  # one at a time: a racing creator makes only that one fail
-            try:
-                await admin.create_topics([topic])
+            if await create_topic(admin, topic):
                 created.append(topic.name)
-            except TopicAlreadyExistsError:
-                pass
         return created
     finally:
         await admin.close()
+
+
+async def create_topic(admin: AIOKafkaAdminClient, topic: NewTopic, attempts: int = 5) -> bool:
+    """Create one topic; False if it exists already (another creator won the race).
+
+    Why not just ``admin.create_topics``: it does not raise for a topic the broker refused, it
+    returns the error code in the response. A fresh or busy broker answers "request timed out"
+    or "not controller" now and then; such a topic was silently missing before.
+    """
+    delay = 0.2
+    for attempt in range(attempts):
+        response = await admin.create_topics([topic])
+        code = next((e[1] for e in response.topic_errors if e[0] == topic.name), 0)
+        if code == 0:
+            return True
+        error = for_code(code)
+        if error is TopicAlreadyExistsError:
+            return False
+        if not error.retriable or attempt == attempts - 1:
+            raise error(f"creating topic {topic.name}")
+        await asyncio.sleep(delay)
+        delay *= 2
+    return False  # not reached
 
 
 async def wait_for_kafka(settings: Settings | None = None, timeout: float = 60.0) -> None:

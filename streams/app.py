@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import fcntl
 import gc
 import os
@@ -34,7 +33,7 @@ import faust
 from aiokafka import TopicPartition
 from faust.types import TP
 
-from lpt.kafka import ensure_topics, topic_name
+from lpt.kafka import create_topic, ensure_topics, topic_name
 from lpt.logs import get_logger
 from lpt.metrics import PROCESSING_SECONDS, STAGE_DELAY_SECONDS
 from lpt.metrics_server import WorkerMetricsServer
@@ -310,7 +309,6 @@ async def ensure_internal_topics(settings: Settings) -> None:
     them here, tolerating "already exists", removes that race.
     """
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from aiokafka.errors import TopicAlreadyExistsError
 
     names = internal_topics(settings)
     layout = {"entities": settings.topic_partitions, "deltas": settings.topic_partitions}
@@ -321,8 +319,7 @@ async def ensure_internal_topics(settings: Settings) -> None:
         for key, name in names.items():
             if name in existing:
                 continue
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics([NewTopic(name, layout.get(key, 1), 1)])
+            await create_topic(admin, NewTopic(name, layout.get(key, 1), 1))
     finally:
         await admin.close()
 

@@ -6,11 +6,20 @@ import dataclasses
 import uuid
 
 import asyncpg
+import pytest
 from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import InvalidReplicationFactorError
 
 from lpt.db import migrate, migration_files
-from lpt.kafka import dead_letter_topic_name, ensure_topics, make_producer, publish, topic_name
+from lpt.kafka import (
+    create_topic,
+    dead_letter_topic_name,
+    ensure_topics,
+    make_producer,
+    publish,
+    topic_name,
+)
 from lpt.settings import Settings
 from schemas import decode
 from schemas.crime import CrimeReported
@@ -30,6 +39,10 @@ async def test_topics_created_once_with_their_layout(stack: Settings) -> None:
     try:
         meta = await admin.describe_topics([topic_name(CRIME, settings)])
         assert len(meta[0]["partitions"]) == settings.topic_partitions
+        # The broker's refusals are not silent (aiokafka returns them as error codes).
+        assert await create_topic(admin, NewTopic(topic_name(CRIME, settings), 1, 1)) is False
+        with pytest.raises(InvalidReplicationFactorError):
+            await create_topic(admin, NewTopic(f"{settings.topic_prefix}rf3", 1, 3))
     finally:
         await admin.close()
 
