@@ -295,6 +295,12 @@ async def _guard(work: Any, what: str, events: Sequence[Any] = ()) -> None:
         await work
         PROCESSING_SECONDS.labels(group=what).observe(time.time() - started)
     except asyncio.CancelledError:
+        # Faust's take_events acks a batch in a ``finally``, so a batch cancelled half-way
+        # (shutdown, agent restart) would be committed as if processed. Die instead: a restart
+        # processes it again, which the stages make exact. (Timers have no batch to lose.)
+        if events:
+            log.error("streams.batch_cancelled", stage=what)
+            os.kill(os.getpid(), signal.SIGKILL)
         raise
     except Exception:
         log.exception("streams.stage_failed", stage=what)
