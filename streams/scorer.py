@@ -75,6 +75,12 @@ class Scorer:
         #: (tables the list was computed for, material, drift) - reused across settle chunks
         self._pending: tuple[Tables, list[tuple[str, str]], list[tuple[str, str]]] | None = None
         self._writing: asyncio.Task[None] | None = None
+        #: Coarse areas (res 8 and 7, ward, authority, force) whose members changed, with the
+        #: batch generation that changed them. Their score and rank may not move when their
+        #: components do, so the (score, rank) comparison of ``_differing`` alone misses them.
+        self.dirty: dict[tuple[str, str], int] = {}
+        self.generation = 0
+        self._tables_gen = 0
 
     @property
     def active(self) -> bool:
@@ -101,8 +107,12 @@ class Scorer:
             n += 1
         self.model = model
         # Tables now, not at the first batch: a scorer taking over an idle pipeline must still
-        # settle what its predecessor left unwritten.
+        # settle what its predecessor left unwritten (every coarse area included).
         self.tables = model.compute()
+        self._tables_gen = self.generation
+        for level in ("res8", "res7", "ward", "local_authority", "force"):
+            for area in self.tables.levels[level].ids:
+                self.dirty.setdefault((level, area), self.generation)
         self._pending = None
         self.unsettled = True
         log.info("streams.scorer_active", cells=n, rows=len(self.written))
@@ -126,8 +136,12 @@ class Scorer:
             before = {cell: self._before(model, cell) for cell, _, _ in summaries}
             touched = {cell for cell, seq, state in summaries if model.merge(cell, seq, state)}
             touched = {c for c in touched if not c.startswith("_")}
+            self.generation += 1
+            gen = self.generation
+            for key in self._ancestors(model, touched):
+                self.dirty[key] = gen
             tables = model.compute()
-            self.tables = tables
+            self.tables, self._tables_gen = tables, gen
             alerts = self._alerts(model, tables, touched, before)
             changed = self._changes(tables)
             # Announcements first (they are what officers wait for), with just their rows...
@@ -146,7 +160,7 @@ class Scorer:
             # The write runs while the next batch gathers: a crash before it lands loses
             # nothing, because an activating scorer re-settles every row PostgreSQL lacks.
             await self._flush()
-            write = self._write(rows, tables, [key for key, _ in changed])
+            write = self._write(rows, tables, [key for key, _ in changed], gen)
             self._writing = asyncio.create_task(write)
             self.last_batch = time.monotonic()
 
@@ -182,7 +196,8 @@ class Scorer:
             del wanted[:SETTLE_CHUNK]
             await self._flush()
             if chunk:
-                await self._write(self._rows(model, tables, chunk), tables, [])
+                rows = self._rows(model, tables, chunk)
+                await self._write(rows, tables, [], self._tables_gen)
             if not material and not drift:
                 self.unsettled = False
                 self.last_settle = time.monotonic()
@@ -328,10 +343,31 @@ class Scorer:
             local_authority_code=row["local_authority_code"],
         )
 
+    @staticmethod
+    def _ancestors(model: PriorityModel, cells: set[str]) -> set[tuple[str, str]]:
+        out: set[tuple[str, str]] = set()
+        for cell in cells:
+            i = model.index[cell]
+            for key in (
+                ("res8", model.parent_of[8][i]),
+                ("res7", model.parent_of[7][i]),
+                ("ward", model.ward_of[i]),
+                ("local_authority", model.la_of[i]),
+                ("force", model.ref.force_name),
+            ):
+                if key[1]:
+                    out.add((key[0], str(key[1])))
+        return out
+
     def _differing(self, tables: Tables) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
-        """Areas whose written row is not the current one: (score, rank or top moved, or never
-        written; only the event time moved)."""
+        """Areas whose written row is not the current one: (score, rank or top moved, never
+        written, or a member changed; only the event time moved)."""
         material: set[tuple[str, str]] = set()
+        for key in list(self.dirty):
+            if key[1] in tables.levels[key[0]].index():
+                material.add(key)
+            else:  # not an area at this level (any more): nothing to write
+                del self.dirty[key]
         drift: set[tuple[str, str]] = set()
         as_of = tables.as_of
         for level in LEVELS:
@@ -367,7 +403,9 @@ class Scorer:
         rows: list[dict[str, Any]],
         tables: Tables,
         announced: list[tuple[str, str]],
+        gen: int,
     ) -> None:
+        """Write rows built from the tables of batch generation ``gen``."""
         ann = [
             (level, area, *self.announced[(level, area)], tables.as_of) for level, area in announced
         ]
@@ -388,9 +426,10 @@ class Scorer:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
         for r in rows:
-            self.written[(r["level"], r["area_id"])] = (
-                r["score"], r["rank"], r["in_top"], r["as_of"],
-            )  # fmt: skip
+            key = (r["level"], r["area_id"])
+            self.written[key] = (r["score"], r["rank"], r["in_top"], r["as_of"])
+            if self.dirty.get(key, gen + 1) <= gen:
+                del self.dirty[key]
 
     async def _status(self, tables: Tables, settled: bool) -> None:
         pool = await self._conn_pool()
