@@ -107,10 +107,12 @@ class Scorer:
             n += 1
         self.model = model
         # Tables now, not at the first batch: a scorer taking over an idle pipeline must still
-        # settle what its predecessor left unwritten (every coarse area included).
+        # settle what its predecessor left unwritten. Every area is rewritten once: a batch's
+        # write runs after its offsets may be committed, so a crash can lose rows whose score
+        # and rank look unchanged (only their components differ).
         self.tables = model.compute()
         self._tables_gen = self.generation
-        for level in ("res8", "res7", "ward", "local_authority", "force"):
+        for level in LEVELS:
             for area in self.tables.levels[level].ids:
                 self.dirty.setdefault((level, area), self.generation)
         self._pending = None
@@ -158,7 +160,7 @@ class Scorer:
             self.unsettled = True
             rows += self._rows(model, tables, {("res9", c) for c in touched} - announced)
             # The write runs while the next batch gathers: a crash before it lands loses
-            # nothing, because an activating scorer re-settles every row PostgreSQL lacks.
+            # nothing, because an activating scorer rewrites every row once (see activate).
             await self._flush()
             write = self._write(rows, tables, [key for key, _ in changed], gen)
             self._writing = asyncio.create_task(write)
