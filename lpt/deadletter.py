@@ -71,3 +71,17 @@ async def send_dead_letter(
         reason=reason[:200],
     )
     return fut
+
+
+async def send_dead_letter_and_wait(
+    producer: AIOKafkaProducer,
+    settings: Settings,
+    spec: TopicSpec,
+    record: Any,
+    reason: str,
+    field: str | None,
+    consumer: str,
+) -> None:
+    """:func:`send_dead_letter`, acknowledged before returning (for workers whose poison
+    messages are rare and handled one at a time)."""
+    await (await send_dead_letter(producer, settings, spec, record, reason, field, consumer))

@@ -22,7 +22,7 @@ from aiokafka.structs import ConsumerRecord
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.ops.state import OPS
-from consumers.notifications.deadletter import send_to_dead_letter
+from lpt.deadletter import send_dead_letter_and_wait
 from lpt.kafka import make_producer, publish_raw, topic_name
 from lpt.metrics import REGISTRY
 from lpt.metrics_server import WorkerMetricsServer
@@ -183,7 +183,7 @@ async def _dead_letter(settings: Settings, spec: TopicSpec, key: bytes, value: b
             record: ConsumerRecord[bytes, bytes] = await consumer.getone()
         finally:
             await consumer.stop()
-        await send_to_dead_letter(
+        await send_dead_letter_and_wait(
             producer,
             settings,
             spec,

@@ -1,7 +1,7 @@
 """Dead letters: read them back, show why they failed, and replay them once the cause is fixed.
 
 A dead letter keeps the original key and value byte for byte; the reason and origin travel in
-``dlq.*`` headers (``consumers/notifications/deadletter.py``, the Kafka Connect convention).
+``dlq.*`` headers (``lpt/deadletter.py``, the Kafka Connect convention).
 Replay re-publishes the original key and value to the dead letter's original topic (same key,
 so the same partition), with a ``replayed_from`` header, and records who replayed what in
 ``ops_replays``. A dead letter is replayed at most once: consumers are idempotent by event id,

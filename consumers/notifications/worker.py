@@ -36,7 +36,6 @@ from aiokafka.structs import ConsumerRecord
 from consumers.notifications.audience import AudienceError
 from consumers.notifications.budget import Clock, system_clock
 from consumers.notifications.channels import Channel, channels_from_settings
-from consumers.notifications.deadletter import send_to_dead_letter
 from consumers.notifications.digest import run_digests
 from consumers.notifications.dispatch import Dispatcher, Summary
 from consumers.notifications.preferences import PreferenceError, apply_resident_update
@@ -44,6 +43,7 @@ from consumers.notifications.setups import apply_setup_event
 from consumers.notifications.tokens import purge_expired_tokens
 from consumers.notifications.waves import WaveScheduler
 from lpt.db import create_pool
+from lpt.deadletter import send_dead_letter_and_wait
 from lpt.kafka import ensure_topics, make_producer, publish_raw, topic_name
 from lpt.logs import get_logger
 from lpt.metrics import EVENTS_DUPLICATE, EVENTS_PROCESSED, PROCESSING_SECONDS
@@ -324,7 +324,7 @@ class NotificationWorker:
         field: str | None,
     ) -> None:
         assert self.producer is not None
-        await send_to_dead_letter(
+        await send_dead_letter_and_wait(
             self.producer, self.settings, spec, record, reason, field, self.group
         )
         self.stats.dead_letters += 1
