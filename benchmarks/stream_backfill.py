@@ -108,7 +108,10 @@ async def publish_backlog(settings: Settings, n: int, points: list[Any], seed: i
     rng = random.Random(seed)
     names = [t for t, _ in TYPES]
     weights = [w for _, w in TYPES]
-    start = datetime(2025, 1, 1, tzinfo=UTC).timestamp()
+    # The year up to now: the live phase then continues the backfill's event time, as a force
+    # going live after loading its history would (a gap of months would make the first live
+    # batch re-announce every area whose score decayed meanwhile).
+    start = time.time() - 365 * 86400
     enc = Encoder()
     producer = make_producer(settings)
     await producer.start()
@@ -260,7 +263,9 @@ async def live_latency(
         watcher.cancel()
         await producer.stop()
         await changed.stop()
-    lat = sorted((seen[c] - sent[c]) * 1000 for c in sent if c in seen)
+    timeline = sorted((sent[c], (seen[c] - sent[c]) * 1000) for c in sent if c in seen)
+    lat = sorted(ms for _, ms in timeline)
+    first = timeline[0][0] if timeline else 0.0
     return {
         "rate_events_per_s": rate,
         "seconds": seconds,
@@ -270,7 +275,12 @@ async def live_latency(
         "first_output_types": kinds,
         "p50_ms": round(statistics.median(lat), 1) if lat else None,
         "p99_ms": round(lat[max(0, int(len(lat) * 0.99) - 1)], 1) if lat else None,
+        "p90_ms": round(lat[max(0, int(len(lat) * 0.9) - 1)], 1) if lat else None,
         "max_ms": round(lat[-1], 1) if lat else None,
+        "slowest": [
+            {"at_s": round(t - first, 2), "ms": round(ms)}
+            for t, ms in sorted(timeline, key=lambda p: -p[1])[:5]
+        ],
     }
 
 
@@ -289,20 +299,25 @@ async def drop_topics(settings: Settings, prefix: str) -> None:
 
 async def stage_delays(settings: Settings) -> dict[str, tuple[float, float]]:
     """(sum, count) of ``lpt_stream_stage_delay_seconds`` (the wait) and of
-    ``lpt_processing_seconds`` (the work, key ``<stage>.work``) per stage, from the worker's own
-    /metrics (its address is in ``ops_workers``)."""
+    ``lpt_processing_seconds`` (the work, key ``<stage>.work``) per stage, from the /metrics of
+    the worker's stages and scorer processes (their addresses are in ``ops_workers``)."""
     conn = await asyncpg.connect(settings.dsn)
     try:
-        url = await conn.fetchval(
-            "SELECT url FROM ops_workers WHERE kind = 'streams' AND stopped_at IS NULL"
-            " ORDER BY last_seen DESC LIMIT 1"
-        )
+        urls = [
+            await conn.fetchval(
+                "SELECT url FROM ops_workers WHERE kind = $1 AND stopped_at IS NULL"
+                " ORDER BY last_seen DESC LIMIT 1",
+                kind,
+            )
+            for kind in ("streams", "scorer")
+        ]
     finally:
         await conn.close()
-    if not url:
-        return {}
-    async with aiohttp.ClientSession() as session, session.get(url) as resp:
-        text = await resp.text()
+    text = ""
+    async with aiohttp.ClientSession() as session:
+        for url in filter(None, urls):
+            async with session.get(url) as resp:
+                text += await resp.text()
     out: dict[str, list[float]] = {}
     for family in text_string_to_metric_families(text):
         if family.name not in ("lpt_stream_stage_delay_seconds", "lpt_processing_seconds"):
@@ -331,11 +346,12 @@ def _mean_delays(
 
 
 def _profile(worker: Worker, path: str | None) -> subprocess.Popen[bytes] | None:
-    """Sample the worker with py-spy (``pip install py-spy``) while it backfills."""
+    """Sample the worker (stages and scorer processes) with py-spy (``pip install py-spy``)."""
     if path is None:
         return None
     spy = Path(sys.executable).with_name("py-spy")
     command = [str(spy), "record", "--pid", str(worker.proc.pid), "--format", "raw"]
+    command.append("--subprocesses")
     return subprocess.Popen([*command, "--nonblocking", "-o", path], stdout=subprocess.DEVNULL)
 
 
@@ -386,7 +402,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         )
         if args.live_seconds > 0:
             before = await stage_delays(settings)
+            profiler = _profile(worker, args.profile_live)
             live = await live_latency(settings, worker, points, args.rate, args.live_seconds)
+            if profiler is not None:
+                profiler.send_signal(signal.SIGINT)
+                profiler.wait(30)
             live["stage_mean_ms"] = _mean_delays(before, await stage_delays(settings))
             out["live"] = live
             print(
@@ -414,6 +434,9 @@ def cli() -> None:
     parser.add_argument("--home", default=None, help="worker state directory")
     parser.add_argument(
         "--profile", default=None, help="py-spy raw profile of the worker's backfill to this file"
+    )
+    parser.add_argument(
+        "--profile-live", default=None, help="py-spy raw profile of the live phase to this file"
     )
     args = parser.parse_args()
     result = asyncio.run(main(args))

@@ -170,7 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_lazy("api.app:cli"))
 
     p = sub.add_parser("worker", help="run a stream worker (foreground)")
-    p.set_defaults(func=_lazy("streams.app:cli"))
+    p.add_argument(
+        "--role",
+        choices=("all", "stages", "scorer"),
+        default="all",
+        help="all: stages here and the scorer in a child process (default); or one part only",
+    )
+    p.set_defaults(func=_lazy("streams.worker:cli"))
 
     p = sub.add_parser("notify", help="run the notification worker (foreground)")
     p.add_argument(

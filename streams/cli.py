@@ -18,6 +18,7 @@ from aiokafka.errors import KafkaError
 from lpt.kafka import partitions_of, topic_name
 from lpt.settings import Settings, get_settings
 from streams.app import app_id, internal_topics
+from streams.scorer_app import scorer_app_id
 from streams.source import INPUT_SPECS, input_group
 
 LEVEL_OF_RES = {9: "res9", 8: "res8", 7: "res7"}
@@ -84,9 +85,9 @@ def cells(args: argparse.Namespace) -> int:
 
 
 def stream_groups(settings: Settings) -> list[str]:
-    """The stream worker's consumer groups in pipeline order: input, then internal stages."""
+    """The stream worker's consumer groups in pipeline order: input, stages, scorer."""
     ident = app_id(settings)
-    return [input_group(ident), ident]
+    return [input_group(ident), ident, scorer_app_id(settings)]
 
 
 async def group_lag(settings: Settings, only: Sequence[str] | None = None) -> dict[str, int]:
@@ -111,9 +112,11 @@ async def group_lag(settings: Settings, only: Sequence[str] | None = None) -> di
         ]
         if only is not None:
             mine = list(only)
+        internal = internal_topics(settings)
         pipeline = {
             ordered[0]: [topic_name(t, settings) for t in INPUT_SPECS],
-            stream_group: list(internal_topics(settings).values()),
+            stream_group: [internal["entities"], internal["deltas"]],
+            ordered[2]: [internal["summaries"]],
         }
         lags: dict[str, int] = {}
         for group in mine:

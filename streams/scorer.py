@@ -142,17 +142,21 @@ class Scorer:
             gen = self.generation
             for key in self._ancestors(model, touched):
                 self.dirty[key] = gen
-            tables = model.compute()
+            # Alerts depend on their own cell only: they leave before the force is re-ranked.
+            now = model.as_of() or 0.0
+            alerts = self._alerts(model, now, touched, before)
+            if alerts:
+                await self.publish(alerts)
+            tables = model.compute(now)
             self.tables, self._tables_gen = tables, gen
-            alerts = self._alerts(model, tables, touched, before)
             changed = self._changes(tables)
-            # Announcements first (they are what officers wait for), with just their rows...
+            # Then the announcements (what officers wait for next), with just their rows...
             announced = {key for key, _ in changed}
             rows = self._rows(model, tables, announced)
             row_of = {(r["level"], r["area_id"]): r for r in rows}
-            events: list[Envelope] = [*alerts]
-            for key, change in changed:
-                events.append(self._change_event(model, tables, key, change, row_of))
+            events: list[Envelope] = [
+                self._change_event(model, tables, key, change, row_of) for key, change in changed
+            ]
             if events:
                 await self.publish(events)
             # ...then the res-9 cells the batch changed. Everything else (rank shifts
@@ -218,22 +222,18 @@ class Scorer:
     def _alerts(
         self,
         model: PriorityModel,
-        tables: Tables,
+        now: float,
         touched: set[str],
         before: dict[str, tuple[list[float] | None, float | None]],
     ) -> list[OfficerAlert]:
-        now = tables.as_of
-        res9 = tables.levels["res9"]
-        idx = None
+        """Near-repeat and harm-spike alerts of the touched cells at event time ``now``."""
         alerts: list[OfficerAlert] = []
         for cell in sorted(touched):
             state = model.states[cell]
             old_harm, old_burglary = before.get(cell, (None, None))
             own = [e[0] for e in state.get("nr") or [] if e[1] == 0]
             newest = max(own) if own else None
-            if idx is None:
-                idx = res9.index()
-            i = idx[cell]
+            i = model.index[cell]
             ward, la = model.ward_of[i], model.la_of[i]
             if (
                 newest is not None

@@ -240,13 +240,14 @@ async def test_sigkill_during_backfill_then_restart_matches_oracle(
         assert progress < total, "the first kill must land while the input is being read"
         sup.restart()
 
-        input_group, stages_group = stream_groups(settings)
+        input_group, stages_group, scorer_group = stream_groups(settings)
 
         async def scorer_writing() -> bool:
             lags = await stream_lag(settings)
             if lags[input_group] or await table_rows(settings) == 0:
                 return False
-            assert lags[stages_group] or not await scorer_settled(settings), (
+            busy = lags[stages_group] or lags[scorer_group]
+            assert busy or not await scorer_settled(settings), (
                 "the pipeline went idle before the second kill"
             )
             return True

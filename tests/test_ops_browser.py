@@ -160,7 +160,7 @@ async def test_ops_page_shows_lag_rising_in_a_backfill_and_falling_to_zero(
     page, base, settings = ops_browser
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    input_group, stages_group = (
+    input_group, stages_group, scorer_group = (
         g.removeprefix(settings.topic_prefix) for g in stream_groups(settings)
     )
     home = tmp_path / "worker"
@@ -189,6 +189,7 @@ async def test_ops_page_shows_lag_rising_in_a_backfill_and_falling_to_zero(
     assert await reload_until(page, input_group, 0) == 0
     table = await lag_table(page)
     assert number(table[stages_group]["Lag (messages)"]) == 0, table
+    assert number(table[scorer_group]["Lag (messages)"]) == 0, table
     assert await stream_worker_health(page) == ["stopped"]
 
     # The backfill, a month at a time, with no worker running: the lag the page shows rises

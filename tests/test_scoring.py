@@ -102,6 +102,25 @@ def test_near_repeat_ring_weights_and_eight_week_window() -> None:
     assert entries == []
 
 
+def test_near_repeat_value_span_holds_the_value_until_a_week_boundary() -> None:
+    rng = random.Random(7)
+    for _ in range(200):
+        entries = [
+            [T0 + rng.uniform(-3, 10) * WEEK, float(rng.randint(0, 1)), float(rng.randint(1, 3))]
+            for _ in range(rng.randint(0, 5))
+        ]
+        t = T0 + rng.uniform(0, 9) * WEEK
+        value, start, end = nearrepeat.value_span(entries, t)
+        assert start <= t < end
+        assert value == pytest.approx(nearrepeat.value_at(entries, t))
+        # The same value anywhere inside the span, a different one just past its end.
+        for probe in (start, (max(start, t - WEEK) + t) / 2, min(end, t + 20 * WEEK) - 1e-3):
+            if math.isfinite(probe):
+                assert nearrepeat.value_at(entries, probe) == pytest.approx(value)
+        if math.isfinite(end) and any(e[0] <= end < e[0] + 8 * WEEK for e in entries):
+            assert nearrepeat.value_at(entries, end + 1e-3) != pytest.approx(value)
+
+
 def test_crime_deltas_route_harm_near_repeat_and_exclusions() -> None:
     burglary = cellstate.crime_deltas(CELL, True, 1, T0, "Burglary", "On or near X", None)
     assert [(c, d[0]) for c, d in burglary][:2] == [(CELL, "c"), (CELL, "n")]

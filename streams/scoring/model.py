@@ -126,6 +126,8 @@ class PriorityModel:
         self.ward_of: list[str | None] = []
         self.parent_of: dict[int, list[str]] = {8: [], 7: []}
         self.nr_cells: set[int] = set()
+        #: Near-repeat value per cell with the span of time it holds for (nearrepeat.value_span).
+        self._nr_values: dict[int, tuple[float, float, float]] = {}
         self.la_reg_age: dict[str, Counter[str]] = {}
         self.la_reg_eth: dict[str, Counter[str]] = {}
         self._cell_reg: dict[int, tuple[str | None, dict[str, int], dict[str, int]]] = {}
@@ -205,6 +207,7 @@ class PriorityModel:
                     dep_sum += (1.0 - info.fraction) * n
                     dep_w += n
         c["dep_sum"][i], c["dep_w"][i] = dep_sum, dep_w
+        self._nr_values.pop(i, None)
         if state.get("nr"):
             self.nr_cells.add(i)
         else:
@@ -274,8 +277,12 @@ class PriorityModel:
         svn = _decayed(c["svn_s"], c["svn_t"], now, CONCERN_HALF_LIFE)
         svm = _decayed(c["svm_s"], c["svm_t"], now, CONCERN_HALF_LIFE)
         nr = np.zeros(n)
+        cached = self._nr_values
         for i in self.nr_cells:
-            nr[i] = nearrepeat.value_at(self.states[self.cells[i]]["nr"], now)
+            hit = cached.get(i)
+            if hit is None or not hit[1] <= now < hit[2]:
+                hit = cached[i] = nearrepeat.value_span(self.states[self.cells[i]]["nr"], now)
+            nr[i] = hit[0]
         n_total, m_total = float(svn.sum()), float(svm.sum())
         force_rate = m_total / n_total if n_total > 0 else 0.0
         cn_total = float(c["cn"].sum())

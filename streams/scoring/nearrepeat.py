@@ -59,5 +59,24 @@ def value_at(entries: list[Entry], t: float) -> float:
     return sum(weight(int(ring), t - bt) * n for bt, ring, n in entries)
 
 
+def value_span(entries: list[Entry], t: float) -> tuple[float, float, float]:
+    """(value at ``t``, start, end): the value stays the same for every time in [start, end).
+
+    Why: weights change only at whole weeks after each burglary, so a scorer re-evaluating
+    every cell per batch can keep the value until the next boundary instead of summing again.
+    """
+    value, start, end = 0.0, -math.inf, math.inf
+    for bt, ring, n in entries:
+        weeks = math.floor(max(t - bt, 0.0) / WEEK)  # a burglary after t counts as week 0
+        if weeks >= NEAR_REPEAT_WEEKS:
+            start = max(start, bt + NEAR_REPEAT_WEEKS * WEEK)
+            continue
+        if weeks:
+            start = max(start, bt + weeks * WEEK)
+        end = min(end, bt + (weeks + 1) * WEEK)
+        value += weight(int(ring), t - bt) * n
+    return value, start, end
+
+
 def newest_burglary(entries: list[Entry]) -> float | None:
     return max((e[0] for e in entries), default=None)

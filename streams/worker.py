@@ -1,0 +1,159 @@
+"""``lpt worker``: one stream worker = the stages process plus its scorer process.
+
+Roles (``--role``):
+
+* ``all`` (default): run the stages (input, ledger, cells) here and the scorer in a child
+  process, restarted if it exits. The child dies with this process (``PR_SET_PDEATHSIG``), so a
+  SIGKILL or a watchdog ``exec`` never leaves an orphan scorer behind.
+* ``stages`` / ``scorer``: one part only, for deployments that scale them apart.
+
+Each process on a host takes its own slot directory under ``$LPT_HOME/streams/<app id>`` (a file
+lock), so several workers can share a machine and a restarted worker finds its state again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import fcntl
+import gc
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import TextIO
+
+import faust
+
+from lpt.kafka import ensure_topics
+from lpt.logs import get_logger
+from lpt.settings import Settings, get_settings
+from streams.app import app_id, create_app, ensure_internal_topics
+from streams.scorer_app import create_scorer_app, scorer_app_id
+
+log = get_logger(__name__)
+
+ROLES = ("all", "stages", "scorer")
+_PR_SET_PDEATHSIG = 1
+#: Environment variable naming the parent of a scorer child (it exits if the parent is gone).
+PARENT_ENV = "LPT_WORKER_PARENT"
+
+
+def take_slot(root: Path) -> tuple[Path, TextIO]:
+    """The first free slot directory under ``root`` (held by an flock for our lifetime)."""
+    root.mkdir(parents=True, exist_ok=True)
+    slot = 0
+    while True:
+        path = root / f"slot-{slot}"
+        path.mkdir(exist_ok=True)
+        handle = open(path / "lock", "w")  # noqa: SIM115 - held open until the process exits
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            slot += 1
+            continue
+        return path, handle
+
+
+def die_with_parent(parent: int) -> bool:
+    """Arm SIGKILL for when the thread that started this process ends; False if the parent
+    ``parent`` is already gone (it died before the signal was armed)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    return os.getppid() == parent
+
+
+class ScorerChild:
+    """Runs ``lpt worker --role scorer`` beside this process and restarts it if it exits.
+
+    The child is started from this thread and arms its death signal at start-up
+    (:func:`die_with_parent`), which ties it to this thread: it ends with the process (SIGKILL,
+    ``exec``) and when :meth:`stop` returns."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="scorer-child", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        env = dict(os.environ)
+        env[PARENT_ENV] = str(os.getpid())
+        port = self.settings.metrics_port
+        env["LPT_METRICS_PORT"] = str(port + 1 if port else 0)
+        return subprocess.Popen(
+            [sys.executable, "-m", "lpt.cli", "worker", "--role", "scorer"],
+            env=env,
+        )
+
+    def _run(self) -> None:
+        delay = 1.0
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            self.proc = self._spawn()
+            code = self.proc.wait()
+            if self._stopping.is_set():
+                return
+            log.warning("streams.scorer_exited", code=code)
+            delay = 1.0 if time.monotonic() - started > 60 else min(delay * 2, 30.0)
+            self._stopping.wait(delay)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self._thread.join(5)
+
+
+def _run_app(app: faust.App) -> int:
+    # The stages allocate millions of small, short-lived lists and dicts; Python's default
+    # collector thresholds make it scan them every 700 allocations. Start-up objects (modules,
+    # reference data) are frozen out of the scans, and young collections run less often.
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+    worker = faust.Worker(app, loglevel="WARN", redirect_stdouts=False, quiet=True)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def cli(args: argparse.Namespace) -> int:
+    """Run one stream worker in the foreground until SIGTERM/SIGINT."""
+    role = getattr(args, "role", "all")
+    settings = get_settings()
+    parent = os.environ.pop(PARENT_ENV, None)
+    if parent and not die_with_parent(int(parent)):
+        return 0
+    asyncio.run(ensure_topics(settings))
+    asyncio.run(ensure_internal_topics(settings))
+    ident = scorer_app_id(settings) if role == "scorer" else app_id(settings)
+    datadir, lock = take_slot(settings.home / "streams" / ident)
+    child = ScorerChild(settings) if role == "all" else None
+    log.info("streams.worker_starting", app_id=ident, role=role, datadir=str(datadir))
+    try:
+        if child is not None:
+            child.start()
+        if role == "scorer":
+            app, _ = create_scorer_app(settings, datadir)
+        else:
+            app = create_app(settings, datadir)
+        return _run_app(app)
+    finally:
+        if child is not None:
+            child.stop()
+        lock.close()
