@@ -18,6 +18,7 @@ days the scorer never settled on have the touched areas only).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -52,8 +53,10 @@ QUIET_SECONDS = 2.0
 IDLE_SECONDS = 4.0
 #: Deferred rows are written at least this often while input keeps flowing.
 SETTLE_EVERY = 60.0
-#: Rows per settle step (each step runs between batches).
-SETTLE_CHUNK = 500
+#: Rows per settle step and per step of the changed cells' rows (each step runs between
+#: batches, so it bounds how long a batch may wait: ~1 ms per row with a year of state).
+SETTLE_CHUNK = 100
+FRESH_CHUNK = 100
 
 Publish = Callable[[Sequence[Envelope]], Awaitable[None]]
 Summary = tuple[str, int, CellState]
@@ -79,6 +82,8 @@ class Scorer:
         #: batch generation that changed them. Their score and rank may not move when their
         #: components do, so the (score, rank) comparison of ``_differing`` alone misses them.
         self.dirty: dict[tuple[str, str], int] = {}
+        #: Res-9 cells changed by a batch whose rows are not written yet (oldest first).
+        self.fresh: dict[tuple[str, str], None] = {}
         self.generation = 0
         self._tables_gen = 0
 
@@ -159,10 +164,11 @@ class Scorer:
             ]
             if events:
                 await self.publish(events)
-            # ...then the res-9 cells the batch changed. Everything else (rank shifts
-            # elsewhere, coarser levels, the day's snapshot) is settled by ``tick`` in chunks.
+            # ...then the res-9 cells the batch changed, in chunks between batches (``tick``):
+            # building their rows here would hold up the next batch's announcements. Everything
+            # else (rank shifts elsewhere, coarser levels, the day's snapshot) is settled later.
             self.unsettled = True
-            rows += self._rows(model, tables, {("res9", c) for c in touched} - announced)
+            self.fresh.update(dict.fromkeys(sorted({("res9", c) for c in touched} - announced)))
             # The write runs while the next batch gathers: a crash before it lands loses
             # nothing, because an activating scorer rewrites every row once (see activate).
             await self._flush()
@@ -177,20 +183,29 @@ class Scorer:
             await task
 
     async def tick(self) -> None:
-        """Timer: write deferred rows in chunks. Rows whose score, rank or top flag moved go
-        first, once input pauses for ``QUIET_SECONDS`` (or every ``SETTLE_EVERY``); rows that
-        only need the newer ``as_of`` (decay) wait for a longer pause, so a backfill does not
-        rewrite the whole force between its batches."""
-        if not self.unsettled or self.model is None or self.tables is None:
-            return
+        """Timer: write deferred rows in chunks, a batch going first whenever one waits. The
+        cells batches changed go first, at once; then rows whose score, rank or top flag moved,
+        once input pauses for ``QUIET_SECONDS`` (or every ``SETTLE_EVERY``); rows that only need
+        the newer ``as_of`` (decay) wait for a longer pause, so a backfill does not rewrite the
+        whole force between its batches."""
+        while self.fresh and self.model is not None:
+            await self._write_fresh()
+            await asyncio.sleep(0)  # a batch waiting for the lock runs now
+        while await self._settle_step():
+            await asyncio.sleep(0)
+
+    async def _settle_step(self) -> bool:
+        """One settle chunk; True while there is more to settle now."""
+        if not self.unsettled or self.model is None or self.tables is None or self.fresh:
+            return False
         idle_for = time.monotonic() - self.last_batch
         overdue = time.monotonic() - self.last_settle >= SETTLE_EVERY
         if not (idle_for >= QUIET_SECONDS or overdue) or self.lock.locked():
-            return
+            return False
         async with self.lock:
             model, tables = self.model, self.tables
             if model is None or tables is None:
-                return
+                return False
             if self._pending is None or self._pending[0] is not tables:
                 material_set, drift_set = self._differing(tables)
                 self._pending = (tables, sorted(material_set), sorted(drift_set))
@@ -203,11 +218,28 @@ class Scorer:
             await self._flush()
             if chunk:
                 rows = self._rows(model, tables, chunk)
-                await self._write(rows, tables, [], self._tables_gen)
-            if not material and not drift:
-                self.unsettled = False
-                self.last_settle = time.monotonic()
-                await self._status(tables, settled=True)
+                self._writing = asyncio.create_task(self._write(rows, tables, [], self._tables_gen))
+            if material or drift:
+                return bool(chunk)
+            await self._flush()
+            self.unsettled = False
+            self.last_settle = time.monotonic()
+            await self._status(tables, settled=True)
+            return False
+
+    async def _write_fresh(self) -> None:
+        """One chunk of the cells batches changed (held under the lock only while its rows
+        are built: a waiting batch goes next)."""
+        async with self.lock:
+            model, tables = self.model, self.tables
+            if model is None or tables is None:
+                return
+            chunk = list(itertools.islice(self.fresh, FRESH_CHUNK))
+            for key in chunk:
+                del self.fresh[key]
+            rows = self._rows(model, tables, set(chunk))
+            await self._flush()
+            self._writing = asyncio.create_task(self._write(rows, tables, [], self._tables_gen))
 
     # ------------------------------------------------------------------ helpers
 

@@ -1,9 +1,14 @@
 """Stream worker health against the real broker: the stuck-partition watchdog
-(streams/watchdog.py) and the lag ``lpt wait-idle`` waits on."""
+(streams/watchdog.py), the lag ``lpt wait-idle`` waits on, and the scorer child process."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -14,6 +19,7 @@ from lpt.settings import Settings
 from schemas.topics import CRIME, NOTIFICATIONS_REQUESTED, SETUPS
 from streams import watchdog as wd
 from streams.cli import group_lag, stream_groups
+from tests.streams_helpers import Worker
 
 
 class Recording(wd.StuckPartitionWatchdog):
@@ -97,3 +103,48 @@ async def test_stream_input_lag_counts_only_the_topics_the_stream_reads(
         assert (await group_lag(settings, groups))[groups[0]] == 1
     finally:
         await producer.stop()
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+async def _until(check: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.2)
+
+
+async def test_the_scorer_child_is_restarted_and_dies_with_its_worker(
+    isolated_settings: Settings, tmp_path: Path
+) -> None:
+    """``lpt worker`` runs the scorer as a child process: a crashed scorer comes back, and a
+    SIGKILLed worker leaves no orphan scorer in the group (it would score beside the next one)."""
+    worker = Worker(isolated_settings, tmp_path / "home")
+    try:
+        await _until(lambda: len(_children(worker.proc.pid)) == 1, "the scorer child")
+        (first,) = _children(worker.proc.pid)
+        assert b"--role\x00scorer" in Path(f"/proc/{first}/cmdline").read_bytes()
+        os.kill(first, signal.SIGKILL)
+        await _until(
+            lambda: [c for c in _children(worker.proc.pid) if c != first] != [],
+            "a new scorer child",
+        )
+        (second,) = [c for c in _children(worker.proc.pid) if c != first]
+        assert worker.proc.poll() is None, worker.tail()
+        worker.kill()
+        await _until(lambda: not _alive(second), "the scorer child to die with the worker", 10)
+    finally:
+        worker.kill()
