@@ -53,8 +53,9 @@ QUIET_SECONDS = 2.0
 IDLE_SECONDS = 4.0
 #: Deferred rows are written at least this often while input keeps flowing.
 SETTLE_EVERY = 60.0
-#: Rows per settle step and per step of the changed cells' rows (each step runs between
-#: batches, so it bounds how long a batch may wait: ~1 ms per row with a year of state).
+#: Member cells read per settle step and rows per step of the changed cells (each step runs
+#: between batches, so it bounds how long a batch may wait: ~1 ms per cell with a year of
+#: state).
 SETTLE_CHUNK = 100
 FRESH_CHUNK = 100
 
@@ -213,8 +214,7 @@ class Scorer:
             wanted = material
             if not wanted and (idle_for >= IDLE_SECONDS or overdue):
                 wanted = drift
-            chunk = set(wanted[:SETTLE_CHUNK])
-            del wanted[:SETTLE_CHUNK]
+            chunk = self._take_chunk(tables, wanted)
             await self._flush()
             if chunk:
                 rows = self._rows(model, tables, chunk)
@@ -226,6 +226,21 @@ class Scorer:
             self.last_settle = time.monotonic()
             await self._status(tables, settled=True)
             return False
+
+    @staticmethod
+    def _take_chunk(tables: Tables, wanted: list[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Remove and return the next areas of ``wanted`` worth about ``SETTLE_CHUNK`` cells of
+        work (a coarse area's row reads every member cell: the force row alone reads them
+        all, so counting areas would let one step hold up batches for a second)."""
+        taken: set[tuple[str, str]] = set()
+        cost = 0
+        while wanted and (not taken or cost < SETTLE_CHUNK):
+            level, area = wanted.pop(0)
+            taken.add((level, area))
+            t = tables.levels[level]
+            i = t.index().get(area)
+            cost += 1 if level == "res9" or i is None else max(1, len(t.members[i]))
+        return taken
 
     async def _write_fresh(self) -> None:
         """One chunk of the cells batches changed (held under the lock only while its rows

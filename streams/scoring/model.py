@@ -30,6 +30,7 @@ from streams.scoring.config import (
     COMPONENTS,
     CONCERN_HALF_LIFE,
     COUNT_WINDOWS_DAYS,
+    DAY,
     HARM_HALF_LIFE,
     HOUSEHOLD_SIZE,
     HOUSEHOLDS_PER_POSTCODE,
@@ -128,6 +129,8 @@ class PriorityModel:
         self.nr_cells: set[int] = set()
         #: Near-repeat value per cell with the span of time it holds for (nearrepeat.value_span).
         self._nr_values: dict[int, tuple[float, float, float]] = {}
+        #: Crime counts per window of each current cell state (``_counts``), by id(state).
+        self._count_cache: dict[int, tuple[CellState, int, dict[str, list[int]]]] = {}
         self.la_reg_age: dict[str, Counter[str]] = {}
         self.la_reg_eth: dict[str, Counter[str]] = {}
         self._cell_reg: dict[int, tuple[str | None, dict[str, int], dict[str, int]]] = {}
@@ -184,6 +187,9 @@ class PriorityModel:
         if cell.startswith("_"):
             self.pseudo[cell] = state
             return True
+        old = self.states.get(cell)
+        if old is not None:
+            self._count_cache.pop(id(old), None)
         self.states[cell] = state
         i = self._ensure(cell)
         c = self.cols
@@ -417,7 +423,7 @@ class PriorityModel:
         streets = self._streets(states, now)
         counts: dict[str, list[int]] = {}
         for st in states:
-            for crime_type, vals in counts_in_windows(st, now, COUNT_WINDOWS_DAYS).items():
+            for crime_type, vals in self._counts(st, now).items():
                 acc = counts.setdefault(crime_type, [0] * len(COUNT_WINDOWS_DAYS))
                 for j, v in enumerate(vals):
                     acc[j] += v
@@ -472,6 +478,19 @@ class PriorityModel:
         else:
             row["context"] = self._force_context()
         return row
+
+    def _counts(self, state: CellState, now: float) -> dict[str, list[int]]:
+        """``counts_in_windows`` of one cell state, cached per state and day (coarse rows sum
+        thousands of cells: the force row would otherwise count every cell's crimes again)."""
+        if not state.get("d"):
+            return {}
+        today = int(now // DAY)
+        hit = self._count_cache.get(id(state))
+        if hit is not None and hit[0] is state and hit[1] == today:
+            return hit[2]
+        counts = counts_in_windows(state, now, COUNT_WINDOWS_DAYS)
+        self._count_cache[id(state)] = (state, today, counts)
+        return counts
 
     def _details(
         self,
