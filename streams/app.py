@@ -46,7 +46,7 @@ log = get_logger(__name__)
 #: Messages per batch and the longest wait for a batch to fill (seconds). Internal messages
 #: carry hundreds of items each.
 INTERNAL_BATCH = 200
-WITHIN = 0.01
+WITHIN = 0.05
 
 
 #: Per RocksDB database (one per table partition: 25 with 6 partitions). Faust's defaults

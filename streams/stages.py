@@ -157,7 +157,11 @@ class CellStage:
         values: dict[str, bytes] = {}
         for cell in sorted(changed):
             state = states[cell]
-            state["v"] += 1
+            # The state's sequence number for the scorer: the sum of its watermarks, not a
+            # counter. A replay after a crash may batch deltas differently; a counter could then
+            # give a fuller state a lower number than one sent before the crash, and the scorer
+            # would keep the older state for ever. The sum grows with every applied delta.
+            state["v"] = max(state["v"] + 1, sum(state["wm"].values()))
             watermarks = state.pop("wm")
             body = dumps(state)
             state["wm"] = watermarks

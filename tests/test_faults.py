@@ -130,7 +130,7 @@ async def assert_no_lag(settings: Settings) -> None:
     """Nothing left to consume, as ``lpt wait-idle`` sees it (input group, then the internal
     stages) and as the ops page sees it (every group on the deployment's topics)."""
     lags = await stream_lag(settings)
-    assert len(lags) == 2 and all(v == 0 for v in lags.values()), lags
+    assert len(lags) == 3 and all(v == 0 for v in lags.values()), lags
     view = await ops_view(settings)
     groups = {g.group: g.total_lag for g in view.groups}
     assert set(lags) <= set(groups), groups
