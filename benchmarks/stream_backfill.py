@@ -313,22 +313,31 @@ async def stage_delays(settings: Settings) -> dict[str, tuple[float, float]]:
         ]
     finally:
         await conn.close()
-    text = ""
-    async with aiohttp.ClientSession() as session:
-        for url in filter(None, urls):
-            async with session.get(url) as resp:
-                text += await resp.text()
     out: dict[str, list[float]] = {}
-    for family in text_string_to_metric_families(text):
-        if family.name not in ("lpt_stream_stage_delay_seconds", "lpt_processing_seconds"):
-            continue
-        for sample in family.samples:
-            stage = sample.labels.get("stage") or f"{sample.labels.get('group')}.work"
-            pair = out.setdefault(stage, [0.0, 0.0])
-            if sample.name.endswith("_sum"):
-                pair[0] = sample.value
-            elif sample.name.endswith("_count"):
-                pair[1] = sample.value
+    async with aiohttp.ClientSession() as session:
+        for kind, url in zip(("streams", "scorer"), urls, strict=True):
+            if not url:
+                continue
+            async with session.get(url) as resp:
+                text = await resp.text()
+            for family in text_string_to_metric_families(text):
+                if family.name not in (
+                    "lpt_stream_stage_delay_seconds",
+                    "lpt_processing_seconds",
+                    "lpt_gc_pause_seconds",
+                ):
+                    continue
+                for sample in family.samples:
+                    if family.name == "lpt_gc_pause_seconds":
+                        # (the mean pause, and as ".batches" how many, per process)
+                        stage = f"gc{sample.labels['generation']}.{kind}.work"
+                    else:
+                        stage = sample.labels.get("stage") or f"{sample.labels.get('group')}.work"
+                    pair = out.setdefault(stage, [0.0, 0.0])
+                    if sample.name.endswith("_sum"):
+                        pair[0] = sample.value
+                    elif sample.name.endswith("_count"):
+                        pair[1] = sample.value
     return {k: (v[0], v[1]) for k, v in out.items()}
 
 

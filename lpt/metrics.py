@@ -71,6 +71,13 @@ NOTIFICATIONS = Counter(
     ["channel", "status"],
     registry=REGISTRY,
 )
+GC_PAUSE_SECONDS = Histogram(
+    "lpt_gc_pause_seconds",
+    "Time the process stood still in Python's cyclic garbage collector, per collection",
+    ["generation"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
 HTTP_REQUEST_SECONDS = Histogram(
     "lpt_http_request_seconds",
     "HTTP request latency",

@@ -31,6 +31,7 @@ import faust
 
 from lpt.kafka import ensure_topics
 from lpt.logs import get_logger
+from lpt.metrics import GC_PAUSE_SECONDS
 from lpt.settings import Settings, get_settings
 from streams.app import app_id, create_app, ensure_internal_topics
 from streams.scorer_app import create_scorer_app, scorer_app_id
@@ -118,12 +119,28 @@ class ScorerChild:
         self._thread.join(5)
 
 
+def _time_gc() -> None:
+    """Record each collection's pause in ``lpt_gc_pause_seconds`` (a full collection walks
+    every live object: with a year of cell states that is the longest pause a worker has)."""
+    started = [0.0]
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            pause = time.perf_counter() - started[0]
+            GC_PAUSE_SECONDS.labels(generation=str(info["generation"])).observe(pause)
+
+    gc.callbacks.append(callback)
+
+
 def _run_app(app: faust.App) -> int:
     # The stages allocate millions of small, short-lived lists and dicts; Python's default
     # collector thresholds make it scan them every 700 allocations. Start-up objects (modules,
     # reference data) are frozen out of the scans, and young collections run less often.
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
+    _time_gc()
     worker = faust.Worker(app, loglevel="WARN", redirect_stdouts=False, quiet=True)
     try:
         worker.execute_from_commandline()
