@@ -99,6 +99,12 @@ class StuckPartitionWatchdog:
             end=end,
             stuck_seconds=STUCK_SECONDS,
         )
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.execv(sys.executable, [sys.executable, "-m", "lpt.cli", "worker"])
+        restart_process()
+
+
+def restart_process() -> None:
+    """Replace this process with a fresh one running the same command (same pid, so ``lpt
+    up``'s pid file, a supervisor and a scorer child's death signal stay valid)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "lpt.cli", *sys.argv[1:]])
