@@ -32,6 +32,7 @@ import csv
 import dataclasses
 import json
 import random
+import shutil
 import signal
 import statistics
 import subprocess
@@ -429,6 +430,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             worker.stop()
         await drop_database(settings)
         await drop_topics(settings, prefix)
+        if not args.home:  # the worker's RocksDB state: hundreds of MB per run
+            shutil.rmtree(home, ignore_errors=True)
     out["targets"] = {"per_worker_per_s": 20_000, "vs_raw": 0.40, "live_p99_ms": 500}
     return out
 
