@@ -304,19 +304,19 @@ async def stage_delays(settings: Settings) -> dict[str, tuple[float, float]]:
     the worker's stages and scorer processes (their addresses are in ``ops_workers``)."""
     conn = await asyncpg.connect(settings.dsn)
     try:
-        urls = [
-            await conn.fetchval(
+        urls = {
+            kind: await conn.fetchval(
                 "SELECT url FROM ops_workers WHERE kind = $1 AND stopped_at IS NULL"
                 " ORDER BY last_seen DESC LIMIT 1",
                 kind,
             )
             for kind in ("streams", "scorer")
-        ]
+        }
     finally:
         await conn.close()
     out: dict[str, list[float]] = {}
     async with aiohttp.ClientSession() as session:
-        for kind, url in zip(("streams", "scorer"), urls, strict=True):
+        for kind, url in urls.items():
             if not url:
                 continue
             async with session.get(url) as resp:

@@ -117,18 +117,20 @@ def bytes_table(app: faust.App, name: str, partitions: int) -> Any:
     )
 
 
+def settled_assignment(app: faust.App) -> set[TopicPartition] | None:
+    """The partitions ``app`` holds, or None while a rebalance or table recovery is under way
+    (what it holds then may still change, and its tables may be incomplete)."""
+    tables: Any = app.tables
+    if app.rebalancing or app.in_recovery or not tables.recovery.completed.is_set():
+        return None
+    return {TopicPartition(tp.topic, tp.partition) for tp in app.consumer.assignment()}
+
+
 def watch_stuck_partitions(app: faust.App, settings: Settings, topics: Sequence[str]) -> None:
     """Start the #629 watchdog (``streams.watchdog``) on ``topics`` as a timer of ``app``."""
-
-    def assigned() -> set[TopicPartition] | None:
-        if app.rebalancing or app.in_recovery:
-            return None
-        tables: Any = app.tables
-        if not tables.recovery.completed.is_set():
-            return None
-        return {TopicPartition(tp.topic, tp.partition) for tp in app.consumer.assignment()}
-
-    watchdog = StuckPartitionWatchdog(settings.bootstrap_servers, app.conf.id, topics, assigned)
+    watchdog = StuckPartitionWatchdog(
+        settings.bootstrap_servers, app.conf.id, topics, lambda: settled_assignment(app)
+    )
 
     async def watch() -> None:
         try:

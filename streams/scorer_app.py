@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
-from faust.types import TP
+from aiokafka import TopicPartition
 
 from lpt.kafka import topic_name
 from lpt.settings import Settings
@@ -34,6 +34,7 @@ from streams.app import (
     internal_topics,
     raw_schema,
     serve_metrics,
+    settled_assignment,
     watch_stuck_partitions,
 )
 from streams.faustio import TableWriter, send_all
@@ -82,10 +83,8 @@ def create_scorer_app(settings: Settings, datadir: Path | None = None) -> tuple[
 
     def owns_scorer() -> bool:
         """This process holds the summaries partition and its table is restored."""
-        tables: Any = app.tables
-        if app.rebalancing or app.in_recovery or not tables.recovery.completed.is_set():
-            return False
-        return TP(summaries_topic, 0) in app.consumer.assignment()
+        assigned = settled_assignment(app)
+        return assigned is not None and TopicPartition(summaries_topic, 0) in assigned
 
     async def score_batch(events: list[Any]) -> None:
         await ensure_active()
@@ -93,8 +92,8 @@ def create_scorer_app(settings: Settings, datadir: Path | None = None) -> tuple[
         latest: dict[str, tuple[int, bytes]] = {}
         for ev in events:
             for line in ev.message.value.split(b"\n"):
-                cell, seq, state = decode_state(line)
-                items.append((cell, seq, thaw(state)))
+                cell, seq, state = _summary(line)
+                items.append((cell, seq, state))
                 if seq >= latest.get(cell, (-1, b""))[0]:
                     latest[cell] = (seq, line)
         await scorer.on_batch(items)
@@ -128,10 +127,11 @@ def create_scorer_app(settings: Settings, datadir: Path | None = None) -> tuple[
     return app, scorer
 
 
+def _summary(raw: bytes) -> Summary:
+    """A ``[cell, seq, state]`` summary line (or stored value), its state thawed."""
+    cell, seq, state = decode_state(raw)
+    return cell, seq, thaw(state)
+
+
 def _stored(table: Any) -> list[Summary]:
-    out = []
-    for raw in table.values():
-        cell, seq, state = decode_state(raw)
-        thaw(state)
-        out.append((cell, seq, state))
-    return out
+    return [_summary(raw) for raw in table.values()]
