@@ -310,7 +310,7 @@ async def stage_delays(settings: Settings) -> dict[str, tuple[float, float]]:
                 " ORDER BY last_seen DESC LIMIT 1",
                 kind,
             )
-            for kind in ("streams", "scorer")
+            for kind in ("input", "streams", "scorer")
         }
     finally:
         await conn.close()

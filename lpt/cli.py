@@ -172,9 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run a stream worker (foreground)")
     p.add_argument(
         "--role",
-        choices=("all", "stages", "scorer"),
+        choices=("all", "input", "stages", "scorer"),
         default="all",
-        help="all: stages here and the scorer in a child process (default); or one part only",
+        help="all: the stages here, the input source and the scorer in child processes"
+        " (default); or one part only",
     )
     p.set_defaults(func=_lazy("streams.worker:cli"))
 

@@ -9,8 +9,8 @@ everything side by side by replaying the inputs):
     doorknocks.*    ┘  dead letters       retractions, NR ring  states (table)      PostgreSQL,
                                           (tables)                                  priority.changed,
                                                                                     officer.alerts
-    |---------------- stages process (this module) -------------------------|  scorer process
-                                                                               (streams.scorer_app)
+    |-- input process --------|-- stages process (this module) -------------|  scorer process
+       (streams.source)                                                        (streams.scorer_app)
 
 Consumer groups: ``<app id>-input`` (the input source), ``<app id>`` (ledger and cells, this
 Faust app) and ``<app id>-scorer``; the app id is ``LPT_STREAM_APP_ID``, default ``<topic
@@ -38,7 +38,6 @@ from lpt.metrics_server import WorkerMetricsServer
 from lpt.settings import Settings
 from streams import faustfix
 from streams.faustio import TableWriter
-from streams.source import InputSource
 from streams.stages import CellStage, LedgerStage
 from streams.watchdog import CHECK_SECONDS, StuckPartitionWatchdog
 
@@ -162,8 +161,8 @@ def serve_metrics(app: faust.App, settings: Settings, kind: str) -> None:
 
 
 def create_app(settings: Settings, datadir: Path | None = None) -> faust.App:
-    """The stages process: input source, ledger and cell stages (the scorer runs in its own
-    process, see :mod:`streams.scorer_app`)."""
+    """The stages process: ledger and cell stages (the input source and the scorer run in
+    their own processes, see :mod:`streams.source` and :mod:`streams.scorer_app`)."""
     ident = app_id(settings)
     partitions = settings.topic_partitions
     app = faust_app(ident, settings, datadir or settings.home / "streams" / ident)
@@ -179,12 +178,6 @@ def create_app(settings: Settings, datadir: Path | None = None) -> faust.App:
     }
     cells = bytes_table(app, "cells", partitions)
 
-    source = InputSource(settings, ident, names["entities"])
-
-    async def read_inputs() -> None:
-        await source.run()
-
-    app.task(read_inputs)
     serve_metrics(app, settings, "streams")
 
     writers = {name: TableWriter(app, t) for name, t in ledgers.items()}
@@ -202,11 +195,6 @@ def create_app(settings: Settings, datadir: Path | None = None) -> faust.App:
             await guard(cell_stage.process(events), "cells", events)
 
     watch_stuck_partitions(app, settings, [names["entities"], names["deltas"]])
-
-    async def on_shutdown(app: Any, **_: Any) -> None:
-        await source.stop()
-
-    app.on_before_shutdown.connect(on_shutdown)  # type: ignore[arg-type]
     return app
 
 

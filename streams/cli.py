@@ -90,96 +90,132 @@ def stream_groups(settings: Settings) -> list[str]:
     return [input_group(ident), ident, scorer_app_id(settings)]
 
 
-async def group_lag(settings: Settings, only: Sequence[str] | None = None) -> dict[str, int]:
-    """Messages not yet committed per consumer group of this deployment (topic prefix), or of
-    the groups named in ``only``. The stream group's topics are checked in pipeline order, so
-    "all zero" cannot miss a message moving from one stage to the next during the check."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
-    await admin.start()
-    await consumer.start()
-    try:
-        groups = sorted(
-            g[0] if isinstance(g, tuple) else g.group_id for g in await admin.list_consumer_groups()
-        )
+class LagProbe:
+    """Kafka clients kept open across lag checks (a waiting loop that opened new clients on
+    every check cost a noticeable share of a core on a small machine)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
+
+    async def __aenter__(self) -> LagProbe:
+        await self.admin.start()
+        try:
+            await self.consumer.start()
+        except BaseException:
+            await self.admin.close()
+            raise
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.consumer.stop()
+        await self.admin.close()
+
+    async def lags(self, only: Sequence[str] | None = None) -> dict[str, int]:
+        """See :func:`group_lag`."""
+        settings, admin, consumer = self.settings, self.admin, self.consumer
         ordered = stream_groups(settings)
         stream_group = ordered[1]
-        mine = ordered + [
-            g
-            for g in groups
-            if (g.startswith(settings.topic_prefix) or g.startswith(stream_group))
-            and g not in ordered
-        ]
         if only is not None:
             mine = list(only)
+        else:
+            groups = sorted(
+                g[0] if isinstance(g, tuple) else g.group_id
+                for g in await admin.list_consumer_groups()
+            )
+            mine = ordered + [
+                g
+                for g in groups
+                if (g.startswith(settings.topic_prefix) or g.startswith(stream_group))
+                and g not in ordered
+            ]
         internal = internal_topics(settings)
         pipeline = {
             ordered[0]: [topic_name(t, settings) for t in INPUT_SPECS],
             stream_group: [internal["entities"], internal["deltas"]],
             ordered[2]: [internal["summaries"]],
         }
+        existing: set[str] | None = None
         lags: dict[str, int] = {}
         for group in mine:
             committed = await admin.list_consumer_group_offsets(group)
             topics = list(dict.fromkeys(tp.topic for tp in committed))
             if group in pipeline:
                 # Every topic of the stage, read or not yet (an unread topic is all lag).
-                existing = set(await admin.list_topics())
-                ordered = pipeline[group]
-                topics = [t for t in ordered if t in existing] + [
-                    t for t in topics if t not in ordered
+                if existing is None:
+                    existing = set(await admin.list_topics())
+                stage_topics = pipeline[group]
+                topics = [t for t in stage_topics if t in existing] + [
+                    t for t in topics if t not in stage_topics
                 ]
-            lag = 0
             partitions = await partitions_of(admin, topics)
-            for topic in topics:
-                tps = [TopicPartition(topic, p) for p in partitions.get(topic, [])]
-                if not tps:
-                    continue
-                ends = await consumer.end_offsets(tps)
-                starts = await consumer.beginning_offsets(tps)
-                for tp in tps:
-                    meta = committed.get(tp)
-                    done = meta.offset if meta is not None and meta.offset >= 0 else starts[tp]
-                    lag += max(0, ends[tp] - done)
+            tps = [TopicPartition(t, p) for t in topics for p in partitions.get(t, [])]
+            if not tps:
+                lags[group] = 0
+                continue
+            ends = await consumer.end_offsets(tps)
+            starts = await consumer.beginning_offsets(tps)
+            lag = 0
+            for tp in tps:
+                meta = committed.get(tp)
+                done = meta.offset if meta is not None and meta.offset >= 0 else starts[tp]
+                lag += max(0, ends[tp] - done)
             lags[group] = lag
         return lags
-    finally:
-        await consumer.stop()
-        await admin.close()
 
 
-async def scorer_settled(settings: Settings) -> bool:
+async def group_lag(settings: Settings, only: Sequence[str] | None = None) -> dict[str, int]:
+    """Messages not yet committed per consumer group of this deployment (topic prefix), or of
+    the groups named in ``only``. The stream group's topics are checked in pipeline order, so
+    "all zero" cannot miss a message moving from one stage to the next during the check."""
+    async with LagProbe(settings) as probe:
+        return await probe.lags(only)
+
+
+async def scorer_settled(settings: Settings, conn: asyncpg.Connection | None = None) -> bool:
     """True unless the scorer still has deferred rows to write (or has not reported yet while
     cells exist)."""
-    conn = await asyncpg.connect(settings.dsn)
+    own = conn is None
+    if conn is None:
+        conn = await asyncpg.connect(settings.dsn)
     try:
         row = await conn.fetchrow("SELECT settled FROM priority_status WHERE id = 'scorer'")
     except asyncpg.UndefinedTableError:
         return True
     finally:
-        await conn.close()
+        if own:
+            await conn.close()
     return row is None or bool(row["settled"])
 
 
 async def wait_until_idle(
     settings: Settings, timeout: float, poll: float = 0.5, only: Sequence[str] | None = None
 ) -> bool:
+    """True once two checks in a row found no lag and the scorer settled; False at ``timeout``.
+    A broker or database restart is not a reason to give up waiting (clients are reopened)."""
     deadline = time.monotonic() + timeout
     quiet_checks = 0
     while time.monotonic() < deadline:
         try:
-            lags = await group_lag(settings, only)
-        except KafkaError:  # a broker restart is not a reason to give up waiting
+            conn = await asyncpg.connect(settings.dsn)
+            try:
+                async with LagProbe(settings) as probe:
+                    while time.monotonic() < deadline:
+                        lags = await probe.lags(only)
+                        idle = all(v == 0 for v in lags.values())
+                        if idle and await scorer_settled(settings, conn):
+                            quiet_checks += 1
+                            if quiet_checks >= 2:
+                                return True
+                        else:
+                            quiet_checks = 0
+                        await asyncio.sleep(poll)
+            finally:
+                await conn.close()
+        except (KafkaError, OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError):
             quiet_checks = 0
             await asyncio.sleep(poll)
-            continue
-        if all(v == 0 for v in lags.values()) and await scorer_settled(settings):
-            quiet_checks += 1
-            if quiet_checks >= 2:
-                return True
-        else:
-            quiet_checks = 0
-        await asyncio.sleep(poll)
     return False
 
 

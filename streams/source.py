@@ -149,6 +149,10 @@ class InputSource:
     async def stop(self) -> None:
         self._stopping.set()
 
+    def request_stop(self) -> None:
+        """:meth:`stop` for signal handlers."""
+        self._stopping.set()
+
     async def _start(self) -> None:
         self.producer = make_producer(self.settings, linger_ms=2)
         self.consumer = AIOKafkaConsumer(

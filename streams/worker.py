@@ -1,11 +1,15 @@
-"""``lpt worker``: one stream worker = the stages process plus its scorer process.
+"""``lpt worker``: one stream worker = three processes: input, stages and scorer.
+
+Why processes: each part is CPU-bound Python, and one process uses one core. The input source
+(decode and validate, ~20% of the pipeline's CPU) shares no state with the stages, so it runs
+beside them as a plain aiokafka program; the scorer keeps the whole force in memory.
 
 Roles (``--role``):
 
-* ``all`` (default): run the stages (input, ledger, cells) here and the scorer in a child
-  process, restarted if it exits. The child dies with this process (``PR_SET_PDEATHSIG``), so a
-  SIGKILL or a watchdog ``exec`` never leaves an orphan scorer behind.
-* ``stages`` / ``scorer``: one part only, for deployments that scale them apart.
+* ``all`` (default): run the stages (ledger, cells) here, and the input source and the scorer
+  in child processes, each restarted if it exits. The children die with this process
+  (``PR_SET_PDEATHSIG``), so a SIGKILL or a watchdog ``exec`` never leaves an orphan behind.
+* ``input`` / ``stages`` / ``scorer``: one part only, for deployments that scale them apart.
 
 Each process on a host takes its own slot directory under ``$LPT_HOME/streams/<app id>`` (a file
 lock), so several workers can share a machine and a restarted worker finds its state again.
@@ -32,15 +36,20 @@ import faust
 from lpt.kafka import ensure_topics
 from lpt.logs import get_logger
 from lpt.metrics import GC_PAUSE_SECONDS
+from lpt.metrics_server import worker_metrics
 from lpt.settings import Settings, get_settings
-from streams.app import app_id, create_app, ensure_internal_topics
+from streams.app import app_id, create_app, ensure_internal_topics, internal_topics
 from streams.scorer_app import create_scorer_app, scorer_app_id
+from streams.source import InputSource
 
 log = get_logger(__name__)
 
-ROLES = ("all", "stages", "scorer")
+ROLES = ("all", "input", "stages", "scorer")
+#: The child processes of ``--role all``, with the offset of each one's metrics port from
+#: ``LPT_METRICS_PORT`` (when that is set; else each picks a free port).
+CHILDREN = {"scorer": 1, "input": 2}
 _PR_SET_PDEATHSIG = 1
-#: Environment variable naming the parent of a scorer child (it exits if the parent is gone).
+#: Environment variable naming the parent of a child process (it exits if the parent is gone).
 PARENT_ENV = "LPT_WORKER_PARENT"
 
 
@@ -69,18 +78,19 @@ def die_with_parent(parent: int) -> bool:
     return os.getppid() == parent
 
 
-class ScorerChild:
-    """Runs ``lpt worker --role scorer`` beside this process and restarts it if it exits.
+class ChildProcess:
+    """Runs ``lpt worker --role <role>`` beside this process and restarts it if it exits.
 
     The child is started from this thread and arms its death signal at start-up
     (:func:`die_with_parent`), which ties it to this thread: it ends with the process (SIGKILL,
     ``exec``) and when :meth:`stop` returns."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, role: str) -> None:
         self.settings = settings
+        self.role = role
         self.proc: subprocess.Popen[bytes] | None = None
         self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="scorer-child", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"{role}-child", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -89,9 +99,9 @@ class ScorerChild:
         env = dict(os.environ)
         env[PARENT_ENV] = str(os.getpid())
         port = self.settings.metrics_port
-        env["LPT_METRICS_PORT"] = str(port + 1 if port else 0)
+        env["LPT_METRICS_PORT"] = str(port + CHILDREN[self.role] if port else 0)
         return subprocess.Popen(
-            [sys.executable, "-m", "lpt.cli", "worker", "--role", "scorer"],
+            [sys.executable, "-m", "lpt.cli", "worker", "--role", self.role],
             env=env,
         )
 
@@ -103,7 +113,7 @@ class ScorerChild:
             code = self.proc.wait()
             if self._stopping.is_set():
                 return
-            log.warning("streams.scorer_exited", code=code)
+            log.warning("streams.child_exited", role=self.role, code=code)
             delay = 1.0 if time.monotonic() - started > 60 else min(delay * 2, 30.0)
             self._stopping.wait(delay)
 
@@ -134,13 +144,26 @@ def _time_gc() -> None:
     gc.callbacks.append(callback)
 
 
-def _run_app(app: faust.App) -> int:
+def _tune_gc() -> None:
     # The stages allocate millions of small, short-lived lists and dicts; Python's default
     # collector thresholds make it scan them every 700 allocations. Start-up objects (modules,
     # reference data) are frozen out of the scans, and young collections run less often.
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
     _time_gc()
+
+
+async def _run_input(settings: Settings) -> None:
+    """The input source alone (``--role input``), until SIGTERM/SIGINT."""
+    source = InputSource(settings, app_id(settings), internal_topics(settings)["entities"])
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, source.request_stop)
+    async with worker_metrics(settings, "input"):
+        await source.run()
+
+
+def _run_app(app: faust.App) -> int:
     worker = faust.Worker(app, loglevel="WARN", redirect_stdouts=False, quiet=True)
     try:
         worker.execute_from_commandline()
@@ -158,19 +181,25 @@ def cli(args: argparse.Namespace) -> int:
         return 0
     asyncio.run(ensure_topics(settings))
     asyncio.run(ensure_internal_topics(settings))
+    if role == "input":  # stateless: no slot directory
+        log.info("streams.worker_starting", app_id=app_id(settings), role=role)
+        _tune_gc()
+        asyncio.run(_run_input(settings))
+        return 0
     ident = scorer_app_id(settings) if role == "scorer" else app_id(settings)
     datadir, lock = take_slot(settings.home / "streams" / ident)
-    child = ScorerChild(settings) if role == "all" else None
+    children = [ChildProcess(settings, r) for r in CHILDREN] if role == "all" else []
     log.info("streams.worker_starting", app_id=ident, role=role, datadir=str(datadir))
     try:
-        if child is not None:
+        for child in children:
             child.start()
+        _tune_gc()
         if role == "scorer":
             app, _ = create_scorer_app(settings, datadir)
         else:
             app = create_app(settings, datadir)
         return _run_app(app)
     finally:
-        if child is not None:
+        for child in children:
             child.stop()
         lock.close()

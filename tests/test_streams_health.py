@@ -127,24 +127,34 @@ async def _until(check: Callable[[], bool], what: str, timeout: float = 60) -> N
         await asyncio.sleep(0.2)
 
 
-async def test_the_scorer_child_is_restarted_and_dies_with_its_worker(
+def _role_of(pid: int) -> str:
+    args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\x00")
+    return args[args.index(b"--role") + 1].decode()
+
+
+async def test_the_child_processes_are_restarted_and_die_with_their_worker(
     isolated_settings: Settings, tmp_path: Path
 ) -> None:
-    """``lpt worker`` runs the scorer as a child process: a crashed scorer comes back, and a
-    SIGKILLed worker leaves no orphan scorer in the group (it would score beside the next one)."""
+    """``lpt worker`` runs the input source and the scorer as child processes: a crashed child
+    comes back, and a SIGKILLed worker leaves no orphan in the groups (an orphan scorer would
+    score beside the next one, an orphan input source would hold partitions)."""
     worker = Worker(isolated_settings, tmp_path / "home")
     try:
-        await _until(lambda: len(_children(worker.proc.pid)) == 1, "the scorer child")
-        (first,) = _children(worker.proc.pid)
-        assert b"--role\x00scorer" in Path(f"/proc/{first}/cmdline").read_bytes()
-        os.kill(first, signal.SIGKILL)
+        await _until(lambda: len(_children(worker.proc.pid)) == 2, "the two child processes")
+        first = {_role_of(c): c for c in _children(worker.proc.pid)}
+        assert set(first) == {"input", "scorer"}
+        for pid in first.values():
+            os.kill(pid, signal.SIGKILL)
         await _until(
-            lambda: [c for c in _children(worker.proc.pid) if c != first] != [],
-            "a new scorer child",
+            lambda: len(set(_children(worker.proc.pid)) - set(first.values())) == 2,
+            "two new child processes",
         )
-        (second,) = [c for c in _children(worker.proc.pid) if c != first]
+        second = {_role_of(c): c for c in _children(worker.proc.pid) if c not in first.values()}
+        assert set(second) == {"input", "scorer"}
         assert worker.proc.poll() is None, worker.tail()
         worker.kill()
-        await _until(lambda: not _alive(second), "the scorer child to die with the worker", 10)
+        await _until(
+            lambda: not any(_alive(pid) for pid in second.values()), "the children to die", 10
+        )
     finally:
         worker.kill()
