@@ -58,6 +58,10 @@ SETTLE_EVERY = 60.0
 #: state).
 SETTLE_CHUNK = 100
 FRESH_CHUNK = 100
+#: Rows of the cells batches changed are written at most this often (seconds): a busy cell
+#: changes several times a second, and each row costs ~0.2 ms to build (measured at 1,000
+#: events/s over a year of state: 0.94 distinct cells per event within 0.25 s, 0.65 within 2 s).
+FRESH_EVERY = 2.0
 
 Publish = Callable[[Sequence[Envelope]], Awaitable[None]]
 Summary = tuple[str, int, CellState]
@@ -74,6 +78,7 @@ class Scorer:
         self.lock = asyncio.Lock()
         self.last_batch = 0.0
         self.last_settle = time.monotonic()
+        self.last_fresh = 0.0
         self.unsettled = False
         self.tables: Tables | None = None
         #: (tables the list was computed for, material, drift) - reused across settle chunks
@@ -185,13 +190,15 @@ class Scorer:
 
     async def tick(self) -> None:
         """Timer: write deferred rows in chunks, a batch going first whenever one waits. The
-        cells batches changed go first, at once; then rows whose score, rank or top flag moved,
-        once input pauses for ``QUIET_SECONDS`` (or every ``SETTLE_EVERY``); rows that only need
-        the newer ``as_of`` (decay) wait for a longer pause, so a backfill does not rewrite the
-        whole force between its batches."""
-        while self.fresh and self.model is not None:
-            await self._write_fresh()
-            await asyncio.sleep(0)  # a batch waiting for the lock runs now
+        cells batches changed go first (every ``FRESH_EVERY``); then rows whose score, rank or
+        top flag moved, once input pauses for ``QUIET_SECONDS`` (or every ``SETTLE_EVERY``);
+        rows that only need the newer ``as_of`` (decay) wait for a longer pause, so a backfill
+        does not rewrite the whole force between its batches."""
+        if self.fresh and time.monotonic() - self.last_fresh >= FRESH_EVERY:
+            self.last_fresh = time.monotonic()
+            while self.fresh and self.model is not None:
+                await self._write_fresh()
+                await asyncio.sleep(0)  # a batch waiting for the lock runs now
         while await self._settle_step():
             await asyncio.sleep(0)
 

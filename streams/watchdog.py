@@ -104,7 +104,7 @@ class StuckPartitionWatchdog:
 
 def restart_process() -> None:
     """Replace this process with a fresh one running the same command (same pid, so ``lpt
-    up``'s pid file, a supervisor and a scorer child's death signal stay valid)."""
+    up``'s pid file, a supervisor and the children's death signal stay valid)."""
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, [sys.executable, "-m", "lpt.cli", *sys.argv[1:]])

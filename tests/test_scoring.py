@@ -24,7 +24,7 @@ from streams.scoring.config import (
 )
 from streams.scoring.explain import actions
 from streams.scoring.harm import harm_weight, load_harm_weights
-from streams.scoring.model import PriorityModel
+from streams.scoring.model import PriorityModel, Tables
 from streams.scoring.ranking import percentile_ranks, top_cutoff
 from streams.scoring.reference import LsoaInfo, Reference
 
@@ -291,6 +291,47 @@ def test_model_is_independent_of_merge_order_and_uses_reference() -> None:
     assert row["components"]["deprivation"]["raw"] == pytest.approx(0.95)
     assert row["local_authority_code"] == "E06000010"
     assert row["engagement"]["households_estimated"] > 0
+
+
+def test_cells_added_between_computes_give_the_tables_of_one_compute() -> None:
+    """The coarse levels' groupings are extended as cells arrive (not rebuilt each batch):
+    the result must equal a model that saw every cell before its first compute, and tables
+    computed earlier must keep their own areas."""
+    cells = sorted(h3.grid_disk(CELL, 4))
+    rng = random.Random(5)
+
+    def burglaries() -> list[list[object]]:
+        n = rng.randint(1, 4)
+        return [["c", 1, T0 - rng.randint(0, 60) * DAY, "Burglary", None, None] for _ in range(n)]
+
+    states = {cell: _state(*burglaries()) for cell in cells}
+    ref = Reference(cell_local_authority={c: "E06000010" for c in cells[::3]})
+    growing = PriorityModel(ref)
+    first = None
+    for k, cell in enumerate(rng.sample(cells, len(cells))):
+        growing.merge(cell, 1, states[cell])
+        tables = growing.compute(T0)
+        if k == 0:
+            first = tables
+    whole = PriorityModel(ref)
+    for cell in cells:
+        whole.merge(cell, 1, states[cell])
+    expected = whole.compute(T0)
+
+    def by_area(
+        model: PriorityModel, t: Tables, level: str
+    ) -> dict[str, tuple[float, int, list[str]]]:
+        lt = t.levels[level]
+        members = lt.members or [[i] for i in range(len(lt.ids))]
+        return {
+            a: (float(lt.score[i]), int(lt.rank[i]), sorted(model.cells[m] for m in members[i]))
+            for i, a in enumerate(lt.ids)
+        }
+
+    for level in ("res9", "res8", "res7", "local_authority", "force"):
+        assert by_area(growing, tables, level) == by_area(whole, expected, level), level
+    assert first is not None and len(first.levels["res8"].ids) == 1
+    assert sum(len(m) for m in first.levels["res8"].members) == 1
 
 
 def test_older_state_never_replaces_a_newer_one() -> None:

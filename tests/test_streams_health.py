@@ -1,5 +1,6 @@
 """Stream worker health against the real broker: the stuck-partition watchdog
-(streams/watchdog.py), the lag ``lpt wait-idle`` waits on, and the scorer child process."""
+(streams/watchdog.py), the lag ``lpt wait-idle`` waits on, and the worker's child processes
+(input source, scorer)."""
 
 from __future__ import annotations
 

@@ -104,6 +104,18 @@ class LevelTable:
 
 
 @dataclass
+class _Grouping:
+    """A level's areas and the cells in each (see ``PriorityModel._grouping``)."""
+
+    layout: int
+    ids: list[str]
+    pos: dict[str, int]
+    group: list[int]
+    members: list[list[int]]
+    array: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+
+@dataclass
 class Tables:
     as_of: float
     levels: dict[str, LevelTable]
@@ -135,9 +147,10 @@ class PriorityModel:
         self.la_reg_eth: dict[str, Counter[str]] = {}
         self._cell_reg: dict[int, tuple[str | None, dict[str, int], dict[str, int]]] = {}
         self._cap = 0
-        #: Bumped when a cell is added or changes area; the cached groupings follow it.
+        #: Bumped when a cell changes area: the cached groupings are rebuilt. (Cells added since
+        #: a grouping was built are appended to it.)
         self._layout = 0
-        self._layout_cache: dict[str, tuple[int, list[str], IntArray, list[list[int]]]] = {}
+        self._layout_cache: dict[str, _Grouping] = {}
         for cell in sorted(reference.cell_postcodes):
             self._ensure(cell)
 
@@ -160,7 +173,6 @@ class PriorityModel:
         if i is not None:
             return i
         i = len(self.cells)
-        self._layout += 1
         self._grow(i + 1)
         self.cells.append(cell)
         self.index[cell] = i
@@ -331,30 +343,45 @@ class PriorityModel:
 
     def _grouping(self, level: str) -> tuple[list[str], IntArray, list[list[int]]]:
         """A level's area ids, each cell's area index (-1: none) and each area's cells, cached
-        until a cell is added or moves area (re-grouping every batch cost more than ranking)."""
-        hit = self._layout_cache.get(level)
-        if hit is not None and hit[0] == self._layout:
-            return hit[1], hit[2], hit[3]
-        ids, group = self._groups(level)
-        members: list[list[int]] = [[] for _ in ids]
-        for i, g in enumerate(group.tolist()):
-            if g >= 0:
-                members[g].append(i)
-        self._layout_cache[level] = (self._layout, ids, group, members)
-        return ids, group, members
+        (re-grouping every batch cost more than ranking): rebuilt when a cell moves area,
+        extended when cells are added (a live force gains a few new cells a minute)."""
+        g = self._layout_cache.get(level)
+        if g is None or g.layout != self._layout:
+            keys = self._keys(level)
+            ids = sorted({k for k in keys if k})
+            g = _Grouping(
+                self._layout, ids, {k: i for i, k in enumerate(ids)}, [], [[] for _ in ids]
+            )
+            self._layout_cache[level] = g
+        if len(g.group) < len(self.cells):
+            # New lists, not appends: tables computed earlier hold the old ones.
+            keys = self._keys(level)
+            ids, members = list(g.ids), list(g.members)
+            for i in range(len(g.group), len(self.cells)):
+                key = keys[i]
+                if not key:
+                    g.group.append(-1)
+                    continue
+                at = g.pos.get(key)
+                if at is None:
+                    at = g.pos[key] = len(ids)
+                    ids.append(key)
+                    members.append([])
+                members[at] = [*members[at], i]
+                g.group.append(at)
+            g.ids, g.members = ids, members
+            g.array = np.array(g.group, dtype=np.int64)
+        return g.ids, g.array, g.members
 
-    def _groups(self, level: str) -> tuple[list[str], IntArray]:
+    def _keys(self, level: str) -> list[str | None]:
+        """Each cell's area id at ``level`` (None: outside every area of the level)."""
         if level == "force":
-            return [self.ref.force_name], np.zeros(len(self.cells), dtype=np.int64)
+            return [self.ref.force_name] * len(self.cells)
         if level in ("res8", "res7"):
-            keys: list[str | None] = list(self.parent_of[H3_LEVELS[level]])
-        elif level == "ward":
-            keys = list(self.ward_of)
-        else:
-            keys = list(self.la_of)
-        ids = sorted({k for k in keys if k})
-        pos = {k: i for i, k in enumerate(ids)}
-        return ids, np.array([pos[k] if k else -1 for k in keys], dtype=np.int64)
+            return list(self.parent_of[H3_LEVELS[level]])
+        if level == "ward":
+            return list(self.ward_of)
+        return list(self.la_of)
 
     def _level(
         self,
