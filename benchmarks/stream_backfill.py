@@ -5,6 +5,8 @@ In one run, on a fresh topic prefix and database (removed afterwards):
 1. publishes ``--events`` synthetic ``crime.reported`` events (default 1,000,000) at the
    police.uk sample's real snapped points (so the cell count is realistic), over one year;
 2. **raw**: aiokafka consumes the whole topic, no decoding (the ceiling of any Python consumer);
+   then, on up to 300k of the records, aiokafka + ``json.loads`` and aiokafka + the input
+   stage's validation (``TopicDecoder``): what one core reaches before any state is kept;
 3. **naive**: one PostgreSQL upsert per event (decayed harm per cell), what a simple
    implementation does, for ``--naive-seconds``;
 4. **backfill**: one ``lpt worker`` process from the start of the topic until every stage has
@@ -39,6 +41,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -56,6 +59,7 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 from lpt.kafka import ensure_topics, make_producer, publish_raw, topic_name  # noqa: E402
 from lpt.scratch import drop_database  # noqa: E402
 from lpt.settings import Settings, get_settings  # noqa: E402
+from schemas.registry import TopicDecoder  # noqa: E402
 from schemas.topics import CRIME, OFFICER_ALERTS, PRIORITY_CHANGED  # noqa: E402
 from tests.streams_helpers import Worker, new_database, wait_idle  # noqa: E402
 
@@ -136,7 +140,11 @@ async def publish_backlog(settings: Settings, n: int, points: list[Any], seed: i
     return time.perf_counter() - t0
 
 
-async def raw_consume(settings: Settings, n: int) -> float:
+async def consume_rate(
+    settings: Settings, n: int, per_record: Callable[[bytes], Any] | None = None
+) -> float:
+    """Records/s of aiokafka reading the topic's first ``n`` records, calling ``per_record`` on
+    each value (None: no decoding at all, the ceiling of any Python consumer)."""
     consumer = AIOKafkaConsumer(
         topic_name(CRIME, settings),
         bootstrap_servers=settings.bootstrap_servers,
@@ -151,7 +159,11 @@ async def raw_consume(settings: Settings, n: int) -> float:
         t0 = time.perf_counter()
         while seen < n:
             batch = await consumer.getmany(timeout_ms=1000, max_records=20_000)
-            seen += sum(len(r) for r in batch.values())
+            for records in batch.values():
+                if per_record is not None:
+                    for record in records:
+                        per_record(record.value)
+                seen += len(records)
         return seen / (time.perf_counter() - t0)
     finally:
         await consumer.stop()
@@ -378,9 +390,19 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     try:
         print(f"publishing {args.events:,} events ...", flush=True)
         out["publish_seconds"] = round(await publish_backlog(settings, args.events, points, 1), 1)
-        raw = await raw_consume(settings, args.events)
+        raw = await consume_rate(settings, args.events)
         out["raw_aiokafka_per_s"] = round(raw)
         print(f"raw aiokafka consumption: {raw:,.0f} events/s", flush=True)
+        # What one core reaches before any state: parsing, and the input stage's validation.
+        sample = min(args.events, 300_000)
+        loads = await consume_rate(settings, sample, json.loads)
+        validate = await consume_rate(settings, sample, TopicDecoder(CRIME.value_types, CRIME.name))
+        out["json_loads_per_s"], out["validate_per_s"] = round(loads), round(validate)
+        print(
+            f"aiokafka + json.loads: {loads:,.0f} events/s ({loads / raw:.0%} of raw); "
+            f"+ the input stage's validation: {validate:,.0f} events/s ({validate / raw:.0%})",
+            flush=True,
+        )
         naive, _ = await naive_consume(settings, args.naive_seconds)
         out["naive_upsert_per_s"] = round(naive)
         print(f"naive consumer (one upsert per event): {naive:,.0f} events/s", flush=True)
@@ -397,6 +419,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         out["backfill_seconds"] = round(elapsed, 1)
         out["backfill_per_s"] = round(rate)
         out["backfill_vs_raw"] = round(rate / raw, 4)
+        out["backfill_vs_validate"] = round(rate / validate, 4)
         out["backfill_vs_naive"] = round(rate / naive, 2) if naive else None
         conn = await asyncpg.connect(settings.dsn)
         try:

@@ -130,6 +130,9 @@ def apply_item(entry: Entry | None, item: Item) -> tuple[Entry | None, list[Cell
     return apply_resident(entry, item)
 
 
+_TABLE_OF_KIND = {"c": "incidents", "k": "addresses"}
+
+
 def table_for(kind: str) -> str:
     """Which ledger table holds an item's entity."""
-    return {"c": "incidents", "k": "addresses"}.get(kind, "residents")
+    return _TABLE_OF_KIND.get(kind, "residents")

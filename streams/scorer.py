@@ -62,6 +62,10 @@ FRESH_CHUNK = 100
 #: changes several times a second, and each row costs ~0.2 ms to build (measured at 1,000
 #: events/s over a year of state: 0.94 distinct cells per event within 0.25 s, 0.65 within 2 s).
 FRESH_EVERY = 2.0
+#: ...and while batches keep coming, a pass over them is followed by a pause this many times as
+#: long as it took (at least ``FRESH_EVERY``): in a backfill every cell changes between passes
+#: and a pass takes seconds; rows rewritten that often would take the time the batches need.
+FRESH_SPACING = 4.0
 
 Publish = Callable[[Sequence[Envelope]], Awaitable[None]]
 Summary = tuple[str, int, CellState]
@@ -78,7 +82,7 @@ class Scorer:
         self.lock = asyncio.Lock()
         self.last_batch = 0.0
         self.last_settle = time.monotonic()
-        self.last_fresh = 0.0
+        self.next_fresh = 0.0
         self.unsettled = False
         self.tables: Tables | None = None
         #: (tables the list was computed for, material, drift) - reused across settle chunks
@@ -194,11 +198,14 @@ class Scorer:
         top flag moved, once input pauses for ``QUIET_SECONDS`` (or every ``SETTLE_EVERY``);
         rows that only need the newer ``as_of`` (decay) wait for a longer pause, so a backfill
         does not rewrite the whole force between its batches."""
-        if self.fresh and time.monotonic() - self.last_fresh >= FRESH_EVERY:
-            self.last_fresh = time.monotonic()
+        quiet = time.monotonic() - self.last_batch >= QUIET_SECONDS
+        if self.fresh and (quiet or time.monotonic() >= self.next_fresh):
+            started = time.monotonic()
             while self.fresh and self.model is not None:
                 await self._write_fresh()
                 await asyncio.sleep(0)  # a batch waiting for the lock runs now
+            took = time.monotonic() - started
+            self.next_fresh = time.monotonic() + max(FRESH_EVERY, took * FRESH_SPACING)
         while await self._settle_step():
             await asyncio.sleep(0)
 

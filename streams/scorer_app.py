@@ -39,7 +39,7 @@ from streams.app import (
 )
 from streams.faustio import TableWriter, send_all
 from streams.scorer import Scorer, Summary
-from streams.scoring.cellstate import decode_state, thaw
+from streams.scoring.cellstate import decode_state, summary_head, thaw
 
 #: Summary messages per batch and the longest wait for a batch to fill (seconds). The scorer
 #: re-ranks the whole force per batch; summaries that arrive meanwhile form the next batch, so
@@ -88,15 +88,14 @@ def create_scorer_app(settings: Settings, datadir: Path | None = None) -> tuple[
 
     async def score_batch(events: list[Any]) -> None:
         await ensure_active()
-        items: list[Summary] = []
         latest: dict[str, tuple[int, bytes]] = {}
         for ev in events:
             for line in ev.message.value.split(b"\n"):
-                cell, seq, state = _summary(line)
-                items.append((cell, seq, state))
+                cell, seq = summary_head(line)
                 if seq >= latest.get(cell, (-1, b""))[0]:
                     latest[cell] = (seq, line)
-        await scorer.on_batch(items)
+        # Only each cell's newest state matters (the model keeps the highest sequence).
+        await scorer.on_batch([_summary(line) for _, line in latest.values()])
         await writer.write([(events[-1], c, line) for c, (_, line) in latest.items()])
 
     @app.agent(summaries, name="scorer")

@@ -35,7 +35,6 @@ from lpt.metrics import EVENTS_DUPLICATE
 from streams.faustio import (
     TableWriter,
     dumps,
-    encode_items,
     read_many,
     send_all,
     send_chunked,
@@ -47,6 +46,7 @@ from streams.scoring.cellstate import (
     already_applied,
     apply_delta,
     decode_state,
+    encode_summary,
     mark_applied,
     new_state,
     thaw,
@@ -116,6 +116,8 @@ class LedgerStage:
         self.partitions = partitions
         self.group = group
         self.order = InputOrder(tables["incidents"], "entities")
+        #: ``deltas`` partition per cell (a force has a few tens of thousands of cells).
+        self.partition_of: dict[str, int] = {}
 
     async def process(self, events: list[Any]) -> None:
         checked = self.order.check(events)
@@ -123,6 +125,7 @@ class LedgerStage:
         dirty: dict[tuple[str, str], Any] = {}  # key -> event of the key's partition
         out: dict[tuple[int, int], list[Any]] = defaultdict(list)
         duplicates = 0
+        partition_of = self.partition_of
         for ev in events:
             source = ev.message.partition
             base = ev.message.offset << (_ITEM_BITS + _SUB_BITS)
@@ -142,13 +145,14 @@ class LedgerStage:
                 for cell, delta in deltas:
                     position = base | (idx << _SUB_BITS) | sub[cell]
                     sub[cell] += 1
-                    out[(source, partition_for(cell, self.partitions))].append(
-                        [cell, position, delta]
-                    )
+                    partition = partition_of.get(cell)
+                    if partition is None:
+                        partition = partition_of[cell] = partition_for(cell, self.partitions)
+                    out[(source, partition)].append([cell, position, delta])
         pending: list[Any] = []
         for (source, partition), deltas in sorted(out.items()):
             head = b'{"src":"l%d","d":' % source
-            await send_chunked(self.deltas, partition, head, encode_items(deltas), pending)
+            await send_chunked(self.deltas, partition, head, deltas, pending)
         await send_all(pending)
         rows: dict[str, list[tuple[Any, str, bytes]]] = defaultdict(list)
         rows["incidents"] = self.order.rows(checked)
@@ -217,7 +221,7 @@ class CellStage:
             watermarks = state.pop("wm")
             body = dumps(state)
             state["wm"] = watermarks
-            summaries.append(b"[%s,%d,%s]" % (dumps(cell), state["v"], body))
+            summaries.append(encode_summary(cell, state["v"], body))
             values[cell] = b'{"wm":' + dumps(watermarks) + b"," + body[1:]
         pending: list[Any] = []
         await send_lines(self.summaries, 0, summaries, pending)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import h3
 import numpy as np
+import orjson
 import pytest
 
 from schemas.common import CRIME_TYPES
@@ -153,6 +154,14 @@ def test_crime_update_retracts_the_earlier_contribution() -> None:
     assert "ls" not in state or state["ls"] == {}
     assert cellstate.counts_in_windows(state, T0 + DAY, (30, 90)) == {"Shoplifting": [1, 1]}
     assert cellstate.counts_in_windows(state, T0 + 40 * DAY, (30, 90)) == {"Shoplifting": [0, 1]}
+
+
+def test_summary_lines_name_their_cell_and_sequence_without_decoding() -> None:
+    state = _state(["c", 1, T0, "Burglary", "On or near A, B", None])
+    for cell in (CELL, cellstate.OUTSIDE_FORCE):
+        line = cellstate.encode_summary(cell, 12345, orjson.dumps(state))
+        assert cellstate.summary_head(line) == (cell, 12345)
+        assert cellstate.decode_state(line) == [cell, 12345, orjson.loads(orjson.dumps(state))]
 
 
 def test_watermark_recognises_a_redelivered_delta() -> None:

@@ -55,6 +55,19 @@ def decode_state(raw: bytes) -> Any:
         return json.loads(raw)
 
 
+def encode_summary(cell: str, seq: int, body: bytes) -> bytes:
+    """A ``[cell, seq, state]`` summary line (``body``: the state's JSON)."""
+    return b'["%s",%d,%s]' % (cell.encode(), seq, body)
+
+
+def summary_head(line: bytes) -> tuple[str, int]:
+    """(cell, seq) of a summary line, without parsing its state. Why: a backfill sends each busy
+    cell's state many times per scorer batch, and only the newest one needs decoding."""
+    end = line.index(b'",', 2)
+    comma = line.index(b",", end + 2)
+    return line[2:end].decode(), int(line[end + 2 : comma])
+
+
 def thaw(state: CellState) -> CellState:
     """Restore the ``-inf`` "never" times that JSON cannot carry (orjson writes them as null):
     the cell's event time and the reference times of decayed sums that never received weight."""
