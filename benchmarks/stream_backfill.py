@@ -61,6 +61,7 @@ from lpt.scratch import drop_database  # noqa: E402
 from lpt.settings import Settings, get_settings  # noqa: E402
 from schemas.registry import TopicDecoder  # noqa: E402
 from schemas.topics import CRIME, OFFICER_ALERTS, PRIORITY_CHANGED  # noqa: E402
+from streams.cli import LagProbe, stream_groups  # noqa: E402
 from tests.streams_helpers import Worker, new_database, wait_idle  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "stream_backfill.json"
@@ -367,6 +368,24 @@ def _mean_delays(
     return means
 
 
+async def caught_up_times(settings: Settings, t0: float, out: dict[str, float]) -> None:
+    """Until cancelled: when (s after ``t0``) each stream group last caught up (its lag fell
+    to zero), into ``out``: where a backfill spends its time (input, stages, scorer)."""
+    groups = stream_groups(settings)
+    names = dict(zip(groups, ("input", "stages", "scorer"), strict=True))
+    busy: set[str] = set()  # a stage's topics are empty (no lag) until the one before it sends
+    async with LagProbe(settings) as probe:
+        while True:
+            lags = await probe.lags(groups)
+            for group, lag in lags.items():
+                if lag:
+                    busy.add(group)
+                    out.pop(names[group], None)
+                elif group in busy and names[group] not in out:
+                    out[names[group]] = round(time.perf_counter() - t0, 1)
+            await asyncio.sleep(0.5)
+
+
 def _profile(worker: Worker, path: str | None) -> subprocess.Popen[bytes] | None:
     """Sample the worker (stages and scorer processes) with py-spy (``pip install py-spy``)."""
     if path is None:
@@ -410,7 +429,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.perf_counter()
         worker = Worker(settings, home)
         profiler = _profile(worker, args.profile)
+        caught_up: dict[str, float] = {}
+        watch = asyncio.create_task(caught_up_times(settings, t0, caught_up))
         await wait_idle(settings, [worker], timeout=args.timeout)
+        watch.cancel()
         if profiler is not None:
             profiler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
             profiler.wait(30)
@@ -421,6 +443,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         out["backfill_vs_raw"] = round(rate / raw, 4)
         out["backfill_vs_validate"] = round(rate / validate, 4)
         out["backfill_vs_naive"] = round(rate / naive, 2) if naive else None
+        out["backfill_caught_up_s"] = caught_up
         conn = await asyncpg.connect(settings.dsn)
         try:
             out["cells_res9"] = await conn.fetchval(
@@ -430,7 +453,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             await conn.close()
         print(
             f"stream backfill (topic -> tables -> PostgreSQL, one worker): {rate:,.0f} events/s "
-            f"({elapsed:.1f} s incl. start-up; {rate / raw:.1%} of raw; {rate / naive:.1f}x naive)",
+            f"({elapsed:.1f} s incl. start-up; {rate / raw:.1%} of raw; {rate / naive:.1f}x naive;"
+            f" no lag after s: {caught_up})",
             flush=True,
         )
         if args.live_seconds > 0:

@@ -1,12 +1,15 @@
 """The scorer: the one place that sees every cell (percentile ranks are force-wide).
 
-It runs on whichever worker owns the single partition of the ``summaries`` topic. Per batch of
-changed cells it re-scores the force at event time ``as_of`` (vectorised, see
-``scoring.model``), announces changes (``priority.changed``) and alerts (``officer.alerts``),
-and writes the rows that changed to PostgreSQL.
+It runs on whichever worker owns the single partition of the ``summaries`` topic. Each batch of
+changed cells is merged and its alerts (``officer.alerts``, which depend on their own cell only)
+leave at once; then the force is re-scored at event time ``as_of`` (vectorised, see
+``scoring.model``), changes are announced (``priority.changed``) and the rows that changed are
+written to PostgreSQL. Re-scoring runs for a batch only when the last one is long enough ago
+(``COMPUTE_SPACING``), else for the batches since at the next timer tick (0.25 s).
 
-Write policy: a batch publishes its announcements first, then writes the res-9 cells it changed
-and every area whose priority.changed it announced. The small rank shifts every change causes elsewhere,
+Write policy: a ranking publishes its announcements first, then writes the res-9 cells changed
+since the last one (every ``FRESH_EVERY`` at most) and every area whose priority.changed it
+announced. The small rank shifts every change causes elsewhere,
 the coarse levels and the decay of untouched areas to the new ``as_of`` are written by the
 settle timer, in small chunks between batches (so live latency stays low), once input pauses
 for ``QUIET_SECONDS`` or at least every ``SETTLE_EVERY`` seconds. ``priority_status.settled``
@@ -66,6 +69,10 @@ FRESH_EVERY = 2.0
 #: long as it took (at least ``FRESH_EVERY``): in a backfill every cell changes between passes
 #: and a pass takes seconds; rows rewritten that often would take the time the batches need.
 FRESH_SPACING = 4.0
+#: A batch re-ranks the force only if the last ranking began at least this many times its
+#: duration ago (else the settle timer does it, within 0.25 s): ranking takes at most a third
+#: of the scorer's time however fast summaries arrive.
+COMPUTE_SPACING = 3.0
 
 Publish = Callable[[Sequence[Envelope]], Awaitable[None]]
 Summary = tuple[str, int, CellState]
@@ -96,6 +103,10 @@ class Scorer:
         self.fresh: dict[tuple[str, str], None] = {}
         self.generation = 0
         self._tables_gen = 0
+        #: Batches merged since the force was last ranked (``_recompute``), and their cells.
+        self.compute_due = False
+        self.touched: set[str] = set()
+        self.next_compute = 0.0
 
     @property
     def active(self) -> bool:
@@ -137,6 +148,7 @@ class Scorer:
     def deactivate(self) -> None:
         self.model = None
         self.tables = None
+        self.compute_due, self.touched = False, set()
 
     async def close(self) -> None:
         await self._flush()
@@ -162,29 +174,46 @@ class Scorer:
             alerts = self._alerts(model, now, touched, before)
             if alerts:
                 await self.publish(alerts)
-            tables = model.compute(now)
-            self.tables, self._tables_gen = tables, gen
-            changed = self._changes(tables)
-            # Then the announcements (what officers wait for next), with just their rows...
-            announced = {key for key, _ in changed}
-            rows = self._rows(model, tables, announced)
-            row_of = {(r["level"], r["area_id"]): r for r in rows}
-            events: list[Envelope] = [
-                self._change_event(model, tables, key, change, row_of) for key, change in changed
-            ]
-            if events:
-                await self.publish(events)
-            # ...then the res-9 cells the batch changed, in chunks between batches (``tick``):
-            # building their rows here would hold up the next batch's announcements. Everything
-            # else (rank shifts elsewhere, coarser levels, the day's snapshot) is settled later.
             self.unsettled = True
-            self.fresh.update(dict.fromkeys(sorted({("res9", c) for c in touched} - announced)))
-            # The write runs while the next batch gathers: a crash before it lands loses
-            # nothing, because an activating scorer rewrites every row once (see activate).
-            await self._flush()
-            write = self._write(rows, tables, [key for key, _ in changed], gen)
-            self._writing = asyncio.create_task(write)
+            self.touched.update(touched)
+            self.compute_due = True
+            if time.monotonic() >= self.next_compute:
+                await self._recompute()
             self.last_batch = time.monotonic()
+
+    async def _recompute(self) -> None:
+        """Re-rank the force with every batch merged so far, announce what changed, queue the
+        rows (under the lock). Batches call it at most every ``COMPUTE_SPACING`` times its cost,
+        the timer otherwise: re-ranking the whole force for each batch of a backfill took the
+        core the stages needed, and live it held up the next batch's alerts."""
+        model = self.model
+        assert model is not None
+        started = time.monotonic()
+        touched, self.touched = self.touched, set()
+        self.compute_due = False
+        gen = self.generation
+        tables = model.compute(model.as_of() or 0.0)
+        self.tables, self._tables_gen = tables, gen
+        changed = self._changes(tables)
+        # Then the announcements (what officers wait for next), with just their rows...
+        announced = {key for key, _ in changed}
+        rows = self._rows(model, tables, announced)
+        row_of = {(r["level"], r["area_id"]): r for r in rows}
+        events: list[Envelope] = [
+            self._change_event(model, tables, key, change, row_of) for key, change in changed
+        ]
+        if events:
+            await self.publish(events)
+        # ...then the res-9 cells the batches changed, in chunks between batches (``tick``):
+        # building their rows here would hold up the next batch's announcements. Everything
+        # else (rank shifts elsewhere, coarser levels, the day's snapshot) is settled later.
+        self.fresh.update(dict.fromkeys(sorted({("res9", c) for c in touched} - announced)))
+        # The write runs while the next batch gathers: a crash before it lands loses
+        # nothing, because an activating scorer rewrites every row once (see activate).
+        await self._flush()
+        write = self._write(rows, tables, [key for key, _ in changed], gen)
+        self._writing = asyncio.create_task(write)
+        self.next_compute = started + (time.monotonic() - started) * COMPUTE_SPACING
 
     async def _flush(self) -> None:
         """Wait for the batch write in flight (writes land in order, one at a time)."""
@@ -198,6 +227,10 @@ class Scorer:
         top flag moved, once input pauses for ``QUIET_SECONDS`` (or every ``SETTLE_EVERY``);
         rows that only need the newer ``as_of`` (decay) wait for a longer pause, so a backfill
         does not rewrite the whole force between its batches."""
+        if self.compute_due and self.model is not None:
+            async with self.lock:
+                if self.compute_due and self.model is not None:
+                    await self._recompute()
         quiet = time.monotonic() - self.last_batch >= QUIET_SECONDS
         if self.fresh and (quiet or time.monotonic() >= self.next_fresh):
             started = time.monotonic()
@@ -212,6 +245,8 @@ class Scorer:
     async def _settle_step(self) -> bool:
         """One settle chunk; True while there is more to settle now."""
         if not self.unsettled or self.model is None or self.tables is None or self.fresh:
+            return False
+        if self.compute_due:
             return False
         idle_for = time.monotonic() - self.last_batch
         overdue = time.monotonic() - self.last_settle >= SETTLE_EVERY
