@@ -103,6 +103,24 @@ def test_near_repeat_ring_weights_and_eight_week_window() -> None:
     assert entries == []
 
 
+def test_near_repeat_entries_match_a_plain_count_in_any_order() -> None:
+    """Adds and retractions in any order leave the sorted entries a plain count gives."""
+    rng = random.Random(11)
+    events = [(T0 - rng.randint(0, 20) * DAY, rng.randint(0, 1)) for _ in range(300)]
+    retracted = rng.sample(events, 100)
+    ops = [(t, r, +1) for t, r in events] + [(t, r, -1) for t, r in retracted]
+    rng.shuffle(ops)
+    ops.sort(key=lambda op: op[2] < 0)  # every retraction after its burglary was added
+    entries: list[nearrepeat.Entry] = []
+    for t, ring, sign in ops:
+        nearrepeat.add(entries, t, ring, sign)
+    counts: dict[tuple[float, int], int] = {}
+    for t, ring, sign in ops:
+        counts[(t, ring)] = counts.get((t, ring), 0) + sign
+    expected = [[t, float(r), float(n)] for (t, r), n in sorted(counts.items()) if n > 0]
+    assert entries == expected
+
+
 def test_near_repeat_value_span_holds_the_value_until_a_week_boundary() -> None:
     rng = random.Random(7)
     for _ in range(200):
