@@ -97,7 +97,9 @@ start() {
   if running; then echo "kafka: already running (pid $(cat "$PIDF"))"; return 0; fi
   echo "kafka: starting on 127.0.0.1:$PORT"
   ulimit -n 200000 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+  rm -f "$KDIR"/logs/hs_err_pid*.log
   nohup bash -c "exec java -Xms256m -Xmx$HEAP -XX:+UseG1GC -Djava.awt.headless=true \
+    -XX:ErrorFile='$KDIR/logs/hs_err_pid%p.log' \
     -Dlog4j2.configurationFile='$KDIR/log4j2.properties' -Dkafka.logs.dir='$KDIR/logs' \
     -cp '$LIBS/*' kafka.Kafka '$CONF'" >"$LOGF" 2>&1 </dev/null &
   echo $! >"$PIDF"
@@ -106,7 +108,13 @@ start() {
 wait_ready() {
   local deadline=$((SECONDS + ${1:-120}))
   until (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; do
-    if ! running; then echo "kafka: process exited; see $LOGF and $KDIR/logs/server.log" >&2; tail -20 "$LOGF" >&2; exit 1; fi
+    if ! running; then
+      echo "kafka: process exited; see $LOGF and $KDIR/logs/server.log" >&2
+      tail -20 "$LOGF" >&2
+      tail -20 "$KDIR/logs/server.log" >&2 2>/dev/null || true
+      for crash in "$KDIR"/logs/hs_err_pid*.log; do [[ -f "$crash" ]] && head -30 "$crash" >&2; done
+      exit 1
+    fi
     if ((SECONDS > deadline)); then echo "kafka: not ready in time" >&2; exit 1; fi
     sleep 0.5
   done

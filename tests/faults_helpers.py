@@ -97,8 +97,23 @@ class FaultStack:
         self.events.append(f"{time.strftime('%H:%M:%S')} {script} {' '.join(args)}")
 
     def start_kafka(self) -> None:
-        self._script("kafka.sh", "start")
-        self._script("kafka.sh", "wait", "120")
+        """Start the broker; a broker that exits at start-up is started once more.
+
+        Why: in 2 of 8 CI runs a freshly started broker exited within seconds with nothing
+        in its logs (no error, no crash file, no OOM kill; 12 of 12 starts in a loop outside
+        the suite worked). The broker's start-up is not what these tests examine; the first
+        failure is kept in ``events`` and beside the logs (``kafka.out.failed``)."""
+        for attempt in (1, 2):
+            self._script("kafka.sh", "start")
+            try:
+                self._script("kafka.sh", "wait", "120")
+                return
+            except RuntimeError as exc:
+                if attempt == 2:
+                    raise
+                kafka = self.home / "kafka"
+                shutil.copy(kafka / "kafka.out", kafka / "kafka.out.failed")
+                self.events.append(f"{time.strftime('%H:%M:%S')} broker exited at start: {exc}")
 
     def stop_kafka(self) -> None:
         self._script("kafka.sh", "stop")
