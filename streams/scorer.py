@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -69,6 +69,8 @@ FRESH_EVERY = 2.0
 #: long as it took (at least ``FRESH_EVERY``): in a backfill every cell changes between passes
 #: and a pass takes seconds; rows rewritten that often would take the time the batches need.
 FRESH_SPACING = 4.0
+#: Row writes queued behind the one in flight before the scorer waits for PostgreSQL.
+MAX_QUEUED_WRITES = 4
 #: A batch re-ranks the force only if the last ranking began at least this many times its
 #: duration ago (else the settle timer does it, within 0.25 s): ranking takes at most a third
 #: of the scorer's time however fast summaries arrive.
@@ -94,7 +96,8 @@ class Scorer:
         self.tables: Tables | None = None
         #: (tables the list was computed for, material, drift) - reused across settle chunks
         self._pending: tuple[Tables, list[tuple[str, str]], list[tuple[str, str]]] | None = None
-        self._writing: asyncio.Task[None] | None = None
+        #: Row writes queued or in flight, oldest first (each waits for the one before).
+        self._writes: list[asyncio.Task[None]] = []
         #: Coarse areas (res 8 and 7, ward, authority, force) whose members changed, with the
         #: batch generation that changed them. Their score and rank may not move when their
         #: components do, so the (score, rank) comparison of ``_differing`` alone misses them.
@@ -210,16 +213,26 @@ class Scorer:
         self.fresh.update(dict.fromkeys(sorted({("res9", c) for c in touched} - announced)))
         # The write runs while the next batch gathers: a crash before it lands loses
         # nothing, because an activating scorer rewrites every row once (see activate).
-        await self._flush()
-        write = self._write(rows, tables, [key for key, _ in changed], gen)
-        self._writing = asyncio.create_task(write)
+        await self._queue_write(self._write(rows, tables, [key for key, _ in changed], gen))
         self.next_compute = started + (time.monotonic() - started) * COMPUTE_SPACING
 
     async def _flush(self) -> None:
-        """Wait for the batch write in flight (writes land in order, one at a time)."""
-        if self._writing is not None:
-            task, self._writing = self._writing, None
-            await task
+        """Wait until every queued row write has landed."""
+        while self._writes:
+            await self._writes.pop(0)
+
+    async def _queue_write(self, write: Coroutine[Any, Any, None]) -> None:
+        """Queue a row write behind the others (they land in order, one at a time). Waits only
+        when ``MAX_QUEUED_WRITES`` are queued: until then a slow or restarting PostgreSQL does
+        not hold up the next batch's alerts and announcements (they go to Kafka). A write that
+        failed fails this call, so the batch fails and the process restarts (``guard``)."""
+        for task in [t for t in self._writes if t.done()]:
+            task.result()
+        self._writes = [t for t in self._writes if not t.done()]
+        while len(self._writes) >= MAX_QUEUED_WRITES:
+            await self._writes.pop(0)
+        previous = self._writes[-1] if self._writes else None
+        self._writes.append(asyncio.create_task(_after(previous, write)))
 
     async def tick(self) -> None:
         """Timer: write deferred rows in chunks, a batch going first whenever one waits. The
@@ -264,10 +277,9 @@ class Scorer:
             if not wanted and (idle_for >= IDLE_SECONDS or overdue):
                 wanted = drift
             chunk = self._take_chunk(tables, wanted)
-            await self._flush()
             if chunk:
                 rows = self._rows(model, tables, chunk)
-                self._writing = asyncio.create_task(self._write(rows, tables, [], self._tables_gen))
+                await self._queue_write(self._write(rows, tables, [], self._tables_gen))
             if material or drift:
                 return bool(chunk)
             await self._flush()
@@ -302,8 +314,7 @@ class Scorer:
             for key in chunk:
                 del self.fresh[key]
             rows = self._rows(model, tables, set(chunk))
-            await self._flush()
-            self._writing = asyncio.create_task(self._write(rows, tables, [], self._tables_gen))
+            await self._queue_write(self._write(rows, tables, [], self._tables_gen))
 
     # ------------------------------------------------------------------ helpers
 
@@ -533,6 +544,17 @@ class Scorer:
         pool = await self._conn_pool()
         async with pool.acquire() as conn:
             await pg.write_status(conn, tables.as_of, settled, len(tables.levels["res9"].ids))
+
+
+async def _after(previous: asyncio.Task[None] | None, write: Coroutine[Any, Any, None]) -> None:
+    """Run ``write`` once ``previous`` has landed (never, if it failed)."""
+    try:
+        if previous is not None:
+            await previous
+    except BaseException:
+        write.close()
+        raise
+    await write
 
 
 def _dt(t: float) -> datetime:
