@@ -257,9 +257,9 @@ class Scorer:
 
     async def _settle_step(self) -> bool:
         """One settle chunk; True while there is more to settle now."""
-        if not self.unsettled or self.model is None or self.tables is None or self.fresh:
+        if not self.unsettled or self.model is None or self.tables is None:
             return False
-        if self.compute_due:
+        if self.fresh or self.compute_due:  # those go first (``tick``)
             return False
         idle_for = time.monotonic() - self.last_batch
         overdue = time.monotonic() - self.last_settle >= SETTLE_EVERY

@@ -146,11 +146,8 @@ class InputSource:
         finally:
             await self._close()
 
-    async def stop(self) -> None:
-        self._stopping.set()
-
-    def request_stop(self) -> None:
-        """:meth:`stop` for signal handlers."""
+    def stop(self) -> None:
+        """End :meth:`run` after the batch in hand (callable from a signal handler)."""
         self._stopping.set()
 
     async def _start(self) -> None:

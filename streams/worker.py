@@ -158,12 +158,13 @@ async def _run_input(settings: Settings) -> None:
     source = InputSource(settings, app_id(settings), internal_topics(settings)["entities"])
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, source.request_stop)
+        loop.add_signal_handler(sig, source.stop)
     async with worker_metrics(settings, "input"):
         await source.run()
 
 
 def _run_app(app: faust.App) -> int:
+    _tune_gc()
     worker = faust.Worker(app, loglevel="WARN", redirect_stdouts=False, quiet=True)
     try:
         worker.execute_from_commandline()
@@ -193,7 +194,6 @@ def cli(args: argparse.Namespace) -> int:
     try:
         for child in children:
             child.start()
-        _tune_gc()
         if role == "scorer":
             app, _ = create_scorer_app(settings, datadir)
         else:
