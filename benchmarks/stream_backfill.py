@@ -32,6 +32,7 @@ import argparse
 import asyncio
 import csv
 import dataclasses
+import itertools
 import json
 import random
 import shutil
@@ -52,11 +53,17 @@ sys.path.insert(0, str(ROOT))
 import aiohttp  # noqa: E402
 import asyncpg  # noqa: E402
 import h3  # noqa: E402
-from aiokafka import AIOKafkaConsumer  # noqa: E402
+from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from lpt.kafka import ensure_topics, make_producer, publish_raw, topic_name  # noqa: E402
+from lpt.kafka import (  # noqa: E402
+    ensure_topics,
+    make_producer,
+    partitions_of,
+    publish_raw,
+    topic_name,
+)
 from lpt.scratch import drop_database  # noqa: E402
 from lpt.settings import Settings, get_settings  # noqa: E402
 from schemas.registry import TopicDecoder  # noqa: E402
@@ -242,6 +249,8 @@ async def live_latency(
 
     watcher = asyncio.create_task(watch())
     producer = make_producer(settings, linger_ms=0)
+    started = time.time()
+    wall = started - time.perf_counter()  # perf_counter -> epoch
     await producer.start()
     used = {h3.cell_to_parent(h3.latlng_to_cell(la, ln, 10), 9) for la, ln, _ in points}
     try:
@@ -279,7 +288,10 @@ async def live_latency(
         await changed.stop()
     timeline = sorted((sent[c], (seen[c] - sent[c]) * 1000) for c in sent if c in seen)
     lat = sorted(ms for _, ms in timeline)
-    first = timeline[0][0] if timeline else 0.0
+    ident = settings.stream_app_id or f"{settings.topic_prefix}streams"
+    internal = [f"{ident}-{n}" for n in ("entities", "deltas", "summaries")]
+    changelogs = [f"{ident}-{n}-changelog" for n in ("incidents", "cells")]
+    path = [topic, *internal, *changelogs, topic_name(OFFICER_ALERTS, settings)]
     return {
         "rate_events_per_s": rate,
         "seconds": seconds,
@@ -292,10 +304,67 @@ async def live_latency(
         "p90_ms": round(lat[max(0, int(len(lat) * 0.9) - 1)], 1) if lat else None,
         "max_ms": round(lat[-1], 1) if lat else None,
         "slowest": [
-            {"at_s": round(t - first, 2), "ms": round(ms)}
+            {"at_s": round(t + wall - started, 2), "ms": round(ms)}
             for t, ms in sorted(timeline, key=lambda p: -p[1])[:5]
         ],
+        # Where a stall happened: the first topic on the path with a long gap is written by
+        # the stage that stalled.
+        "flow_gaps": await flow_gaps(settings, path, started, started + seconds),
     }
+
+
+async def flow_gaps(
+    settings: Settings, topics: list[str], start: float, end: float
+) -> dict[str, dict[str, float]]:
+    """Per topic, the longest time between consecutive messages (their send timestamps) from
+    ``start`` to ``end`` (epoch s), and when it began (s after ``start``). A stall of the live
+    path shows as a gap in the topic its stalled stage writes, and in none before it."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    await admin.start()
+    try:
+        layout = await partitions_of(admin, topics)
+    finally:
+        await admin.close()
+    parts = [TopicPartition(t, p) for t, ps in layout.items() for p in ps]
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
+    await consumer.start()
+    try:
+        consumer.assign(parts)
+        firsts = await consumer.offsets_for_times({tp: int(start * 1000) for tp in parts})
+        ends = await consumer.end_offsets(parts)
+        stamps: dict[str, list[int]] = {t: [] for t in topics}
+        todo = set()
+        for tp in parts:
+            first = firsts.get(tp)
+            if first is None or first.offset >= ends[tp]:
+                consumer.pause(tp)
+                continue
+            consumer.seek(tp, first.offset)
+            todo.add(tp)
+        while todo:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=50_000)
+            if not batch:
+                break
+            for tp, records in batch.items():
+                stamps[tp.topic] += [r.timestamp for r in records if r.timestamp <= end * 1000]
+                if records[-1].timestamp > end * 1000 or records[-1].offset + 1 >= ends[tp]:
+                    consumer.pause(tp)
+                    todo.discard(tp)
+    finally:
+        await consumer.stop()
+    out: dict[str, dict[str, float]] = {}
+    for topic, ts in stamps.items():
+        ts.sort()
+        gaps = [(b - a, a) for a, b in itertools.pairwise(ts)]
+        if gaps:
+            gap, at = max(gaps)
+            name = topic.removeprefix(settings.topic_prefix)
+            out[name] = {
+                "max_gap_ms": gap,
+                "at_s": round(at / 1000 - start, 2),
+                "messages": len(ts),
+            }
+    return out
 
 
 async def drop_topics(settings: Settings, prefix: str) -> None:
@@ -432,6 +501,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         caught_up: dict[str, float] = {}
         watch = asyncio.create_task(caught_up_times(settings, t0, caught_up))
         await wait_idle(settings, [worker], timeout=args.timeout)
+        if watch.done() and watch.exception() is not None:
+            print(f"lag watch failed: {watch.exception()!r}", flush=True)
         watch.cancel()
         if profiler is not None:
             profiler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT

@@ -87,6 +87,41 @@ async def test_a_partition_whose_commit_does_not_move_is_judged_stuck(
         await dog.close()
 
 
+async def test_a_partition_left_behind_by_its_siblings_is_judged_stuck_sooner(
+    isolated_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """faust#629's signature: the stage works (a sibling partition's commit moves) while one
+    partition is never fetched. That restarts after ``LEFT_BEHIND_SECONDS``, not
+    ``STUCK_SECONDS``."""
+    settings = isolated_settings
+    monkeypatch.setattr(wd, "STUCK_SECONDS", 60.0)
+    monkeypatch.setattr(wd, "LEFT_BEHIND_SECONDS", 1.0)
+    topic = topic_name(CRIME, settings)
+    left, busy = TopicPartition(topic, 0), TopicPartition(topic, 1)
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        for i in range(5):
+            await producer.send_and_wait(topic, b"x%d" % i, partition=0)
+            await producer.send_and_wait(topic, b"y%d" % i, partition=1)
+    finally:
+        await producer.stop()
+    group = f"{settings.topic_prefix}watchdog"
+    await _commit(settings, group, left, 0)
+    await _commit(settings, group, busy, 1)
+    dog = Recording(settings.bootstrap_servers, group, [topic], lambda: {left, busy})
+    try:
+        await dog.check()
+        await asyncio.sleep(1.2)
+        await dog.check()
+        assert dog.restarts == []  # both still, nothing moved: the long limit applies
+        await _commit(settings, group, busy, 3)
+        await dog.check()
+        assert dog.restarts == [(left, 0, 5)]  # its sibling moved while it waited
+    finally:
+        await dog.close()
+
+
 async def test_stream_input_lag_counts_only_the_topics_the_stream_reads(
     isolated_settings: Settings,
 ) -> None:
