@@ -12,7 +12,8 @@ since the last one (every ``FRESH_EVERY`` at most) and every area whose priority
 announced. The small rank shifts every change causes elsewhere,
 the coarse levels and the decay of untouched areas to the new ``as_of`` are written by the
 settle timer, in small chunks between batches (so live latency stays low), once input pauses
-for ``QUIET_SECONDS`` or at least every ``SETTLE_EVERY`` seconds. ``priority_status.settled``
+for ``QUIET_SECONDS`` or at least every ``SETTLE_EVERY`` seconds (decay-only rows: after
+``IDLE_SECONDS``, and at most once per ``DRIFT_SPACING`` times their last pass's cost). ``priority_status.settled``
 says when every row is exact. History: every written row is also the snapshot of its
 event-time day; each settle completes the snapshot of the current day (during a fast backfill,
 days the scorer never settled on have the touched areas only).
@@ -69,6 +70,11 @@ FRESH_EVERY = 2.0
 #: long as it took (at least ``FRESH_EVERY``): in a backfill every cell changes between passes
 #: and a pass takes seconds; rows rewritten that often would take the time the batches need.
 FRESH_SPACING = 4.0
+#: A pass bringing decay-only rows to the new ``as_of`` (every area of the force: seconds of CPU
+#: at a force's size) is followed by at least this many times its cost before the next one.
+#: Why: under a trickle of events (one every few seconds, e.g. at night) every pause would
+#: otherwise rewrite the whole force; a busy moment's rows are written at once regardless.
+DRIFT_SPACING = 10.0
 #: Row writes queued behind the one in flight before the scorer waits for PostgreSQL.
 MAX_QUEUED_WRITES = 4
 #: A batch re-ranks the force only if the last ranking began at least this many times its
@@ -92,6 +98,9 @@ class Scorer:
         self.last_batch = 0.0
         self.last_settle = time.monotonic()
         self.next_fresh = 0.0
+        #: When decay-only rows may be rewritten next, and the CPU the current pass took.
+        self.next_drift = 0.0
+        self.drift_cost = 0.0
         self.unsettled = False
         self.tables: Tables | None = None
         #: (tables the list was computed for, material, drift) - reused across settle chunks
@@ -239,7 +248,8 @@ class Scorer:
         cells batches changed go first (every ``FRESH_EVERY``); then rows whose score, rank or
         top flag moved, once input pauses for ``QUIET_SECONDS`` (or every ``SETTLE_EVERY``);
         rows that only need the newer ``as_of`` (decay) wait for a longer pause, so a backfill
-        does not rewrite the whole force between its batches."""
+        does not rewrite the whole force between its batches, and for ``DRIFT_SPACING`` times
+        the cost of the last such pass, so a trickle of events does not either."""
         if self.compute_due and self.model is not None:
             async with self.lock:
                 if self.compute_due and self.model is not None:
@@ -273,16 +283,23 @@ class Scorer:
                 material_set, drift_set = self._differing(tables)
                 self._pending = (tables, sorted(material_set), sorted(drift_set))
             _, material, drift = self._pending
-            wanted = material
+            wanted, drifting = material, False
             if not wanted and (idle_for >= IDLE_SECONDS or overdue):
-                wanted = drift
+                drifting = time.monotonic() >= self.next_drift
+                wanted = drift if drifting else []
+            started = time.monotonic()
             chunk = self._take_chunk(tables, wanted)
             if chunk:
                 rows = self._rows(model, tables, chunk)
                 await self._queue_write(self._write(rows, tables, [], self._tables_gen))
+            if drifting:
+                self.drift_cost += time.monotonic() - started
             if material or drift:
                 return bool(chunk)
             await self._flush()
+            if self.drift_cost:
+                self.next_drift = time.monotonic() + self.drift_cost * DRIFT_SPACING
+                self.drift_cost = 0.0
             self.unsettled = False
             self.last_settle = time.monotonic()
             await self._status(tables, settled=True)

@@ -1,0 +1,90 @@
+"""The scorer's write policy against real PostgreSQL (no Kafka: the scorer is handed summaries
+directly, as its Faust agent does)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import asyncpg
+import h3
+import pytest
+
+from lpt.settings import Settings
+from schemas.envelope import Envelope
+from streams import scorer as sc
+from streams.scoring import cellstate
+from streams.scoring.config import DAY
+
+T0 = datetime(2026, 3, 1, tzinfo=UTC).timestamp()
+CELLS = [
+    h3.cell_to_parent(h3.latlng_to_cell(lat, -0.33, 10), 9) for lat in (53.70, 53.74, 53.78)
+]
+
+
+def _state(cell: str, *days: float) -> cellstate.CellState:
+    state = cellstate.new_state()
+    for day in days:
+        cellstate.apply_delta(state, cell, ["c", 1, T0 + day * DAY, "Burglary", "Main St", None])
+    return state
+
+
+async def _as_of(settings: Settings) -> dict[str, datetime]:
+    conn = await asyncpg.connect(settings.dsn)
+    try:
+        rows = await conn.fetch("SELECT area_id, as_of FROM priority_areas WHERE level = 'res9'")
+        settled = await conn.fetchval("SELECT settled FROM priority_status WHERE id = 'scorer'")
+    finally:
+        await conn.close()
+    return {r["area_id"]: r["as_of"] for r in rows} | {"settled": settled}
+
+
+async def _settle(scorer: sc.Scorer) -> None:
+    for _ in range(50):
+        await scorer.tick()
+    await scorer._flush()
+
+
+async def test_decay_only_rows_wait_for_the_drift_spacing_then_settle(
+    isolated_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A later event moves the force's ``as_of``: its own cell's row is written at once; the
+    other rows (only their decay changed) wait until ``next_drift``, and the status says
+    unsettled meanwhile; then they are brought to the new ``as_of`` and it says settled."""
+    settings = isolated_settings
+    monkeypatch.setattr(sc, "QUIET_SECONDS", 0.0)
+    monkeypatch.setattr(sc, "IDLE_SECONDS", 0.0)
+
+    async def publish(events: Sequence[Envelope]) -> None:
+        pass
+
+    scorer = sc.Scorer(settings, publish)
+    try:
+        # Ranked by harm, CELLS[0] first; its next burglary moves nobody's rank.
+        days = {CELLS[0]: (0, 0, 0), CELLS[1]: (0, 0), CELLS[2]: (0,)}
+        await scorer.activate((c, 1, _state(c, *days[c])) for c in CELLS)
+        await _settle(scorer)
+        first = await _as_of(settings)
+        assert first["settled"] is True
+        assert {first[c] for c in CELLS} == {datetime.fromtimestamp(T0, UTC)}
+
+        scorer.next_drift = math.inf  # a drift pass just happened (its spacing not yet over)
+        await scorer.on_batch([(CELLS[0], 2, _state(CELLS[0], 0, 0, 0, 1))])
+        await _settle(scorer)
+        later = await _as_of(settings)
+        t1 = datetime.fromtimestamp(T0 + DAY, UTC)
+        assert later[CELLS[0]] == t1
+        assert later[CELLS[1]] == later[CELLS[2]] == first[CELLS[1]]
+        assert later["settled"] is False
+
+        scorer.next_drift = 0.0
+        await _settle(scorer)
+        final = await _as_of(settings)
+        assert {final[c] for c in CELLS} == {t1}
+        assert final["settled"] is True
+        # The pass took time, so the next one may not start at once.
+        assert scorer.next_drift > 0.0
+        assert scorer.drift_cost == 0.0
+    finally:
+        await scorer.close()
