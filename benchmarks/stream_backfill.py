@@ -515,6 +515,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         out["backfill_vs_validate"] = round(rate / validate, 4)
         out["backfill_vs_naive"] = round(rate / naive, 2) if naive else None
         out["backfill_caught_up_s"] = caught_up
+        # Collector pauses per process over the backfill: total seconds and count.
+        totals = await stage_delays(settings)
+        out["backfill_gc"] = {
+            k.removesuffix(".work"): [round(v[0], 2), int(v[1])]
+            for k, v in totals.items()
+            if k.startswith("gc")
+        }
         conn = await asyncpg.connect(settings.dsn)
         try:
             out["cells_res9"] = await conn.fetchval(
@@ -525,7 +532,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         print(
             f"stream backfill (topic -> tables -> PostgreSQL, one worker): {rate:,.0f} events/s "
             f"({elapsed:.1f} s incl. start-up; {rate / raw:.1%} of raw; {rate / naive:.1f}x naive;"
-            f" no lag after s: {caught_up})",
+            f" no lag after s: {caught_up}; GC s, count: {out['backfill_gc']})",
             flush=True,
         )
         if args.live_seconds > 0:

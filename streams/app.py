@@ -38,6 +38,7 @@ from lpt.metrics_server import WorkerMetricsServer
 from lpt.settings import Settings
 from streams import faustfix
 from streams.faustio import TableWriter
+from streams.gcpause import collector_held
 from streams.stages import CellStage, LedgerStage
 from streams.watchdog import CHECK_SECONDS, StuckPartitionWatchdog
 
@@ -214,7 +215,8 @@ async def guard(work: Any, what: str, events: Sequence[Any] = ()) -> None:
         oldest = min(ev.message.timestamp for ev in events)
         STAGE_DELAY_SECONDS.labels(stage=what).observe(max(0.0, started - oldest))
     try:
-        await work
+        with collector_held():
+            await work
         PROCESSING_SECONDS.labels(group=what).observe(time.time() - started)
     except asyncio.CancelledError:
         # Faust's take_events acks a batch in a ``finally``, so a batch cancelled half-way

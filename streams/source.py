@@ -36,6 +36,7 @@ from lpt.metrics import EVENTS_PROCESSED, PROCESSING_SECONDS, STAGE_DELAY_SECOND
 from lpt.settings import Settings
 from schemas.registry import InvalidEvent, TopicDecoder
 from schemas.topics import CRIME, DOORKNOCKS, RESIDENTS, SURVEYS, TopicSpec
+from streams.gcpause import collector_held
 from streams.items import entity_item, partition_for
 
 log = get_logger(__name__)
@@ -185,7 +186,8 @@ class InputSource:
         delay = 0.5
         while True:
             try:
-                await self._forward(batch)
+                with collector_held():
+                    await self._forward(batch)
                 break
             except KafkaError as exc:
                 # The broker is away: do the batch again once it is back (repeats are
