@@ -301,35 +301,62 @@ class Scorer:
                 wanted = drift if drifting else []
             started = time.monotonic()
             chunk = self._take_chunk(tables, wanted)
-            if chunk:
-                rows = self._rows(model, tables, chunk)
-                await self._queue_write(self._write(rows, tables, [], self._tables_gen))
-            if drifting:
-                self.drift_cost += time.monotonic() - started
-            if material or drift:
-                return bool(chunk)
-            await self._flush()
-            if self.drift_cost:
-                self.next_drift = time.monotonic() + self.drift_cost * DRIFT_SPACING
-                self.drift_cost = 0.0
-            self.unsettled = False
-            self.last_settle = time.monotonic()
-            await self._status(tables, settled=True)
-            return False
+            gen = self._tables_gen
+            if len(chunk) == 1 and _cost(tables, *next(iter(chunk))) > SETTLE_CHUNK:
+                (level, area) = next(iter(chunk))
+                big = model.row_builder(tables, level, tables.levels[level].index()[area])
+            else:
+                big = None
+                if chunk:
+                    rows = self._rows(model, tables, chunk)
+                    await self._queue_write(self._write(rows, tables, [], gen))
+                if drifting:
+                    self.drift_cost += time.monotonic() - started
+                if material or drift:
+                    return bool(chunk)
+                await self._flush()
+                if self.drift_cost:
+                    self.next_drift = time.monotonic() + self.drift_cost * DRIFT_SPACING
+                    self.drift_cost = 0.0
+                self.unsettled = False
+                self.last_settle = time.monotonic()
+                await self._status(tables, settled=True)
+                return False
+        # A coarse area summing thousands of cells (the force row reads them all: about half a
+        # second with a year of state) is built a slice at a time without the lock, so batches
+        # run in between; from the snapshot taken above, so it matches the tables it ranks.
+        assert big is not None
+        spent = 0.0
+        while not big.complete:
+            started = time.monotonic()
+            big.add(SETTLE_CHUNK)
+            spent += time.monotonic() - started
+            await asyncio.sleep(0)
+        started = time.monotonic()
+        row = big.finish()
+        spent += time.monotonic() - started
+        if drifting:
+            self.drift_cost += spent
+        async with self.lock:
+            if self.model is not model:  # deactivated meanwhile: not ours to write any more
+                return False
+            await self._queue_write(self._write([row], tables, [], gen))
+        return True
 
     @staticmethod
     def _take_chunk(tables: Tables, wanted: list[tuple[str, str]]) -> set[tuple[str, str]]:
         """Remove and return the next areas of ``wanted`` worth about ``SETTLE_CHUNK`` cells of
-        work (a coarse area's row reads every member cell: the force row alone reads them
-        all, so counting areas would let one step hold up batches for a second)."""
+        work (a coarse area's row reads every member cell, so counting areas would let one
+        step hold up batches for a second; an area bigger than that comes alone, and
+        ``_settle_step`` builds it in slices)."""
         taken: set[tuple[str, str]] = set()
         cost = 0
         while wanted and (not taken or cost < SETTLE_CHUNK):
+            if taken and _cost(tables, *wanted[0]) > SETTLE_CHUNK:
+                break
             level, area = wanted.pop(0)
             taken.add((level, area))
-            t = tables.levels[level]
-            i = t.index().get(area)
-            cost += 1 if level == "res9" or i is None else max(1, len(t.members[i]))
+            cost += _cost(tables, level, area)
         return taken
 
     async def _write_fresh(self) -> None:
@@ -573,6 +600,13 @@ class Scorer:
         pool = await self._conn_pool()
         async with pool.acquire() as conn:
             await pg.write_status(conn, tables.as_of, settled, len(tables.levels["res9"].ids))
+
+
+def _cost(tables: Tables, level: str, area: str) -> int:
+    """Member cells an area's row reads (1 for a res-9 cell or an area gone from the tables)."""
+    t = tables.levels[level]
+    i = t.index().get(area)
+    return 1 if level == "res9" or i is None else max(1, len(t.members[i]))
 
 
 async def _after(previous: asyncio.Task[None] | None, write: Coroutine[Any, Any, None]) -> None:

@@ -3,9 +3,11 @@ directly, as its Faust agent does)."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import h3
@@ -15,12 +17,11 @@ from lpt.settings import Settings
 from schemas.envelope import Envelope
 from streams import scorer as sc
 from streams.scoring import cellstate
+from streams.scoring import model as model_module
 from streams.scoring.config import DAY
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC).timestamp()
-CELLS = [
-    h3.cell_to_parent(h3.latlng_to_cell(lat, -0.33, 10), 9) for lat in (53.70, 53.74, 53.78)
-]
+CELLS = [h3.cell_to_parent(h3.latlng_to_cell(lat, -0.33, 10), 9) for lat in (53.70, 53.74, 53.78)]
 
 
 def _state(cell: str, *days: float) -> cellstate.CellState:
@@ -30,7 +31,7 @@ def _state(cell: str, *days: float) -> cellstate.CellState:
     return state
 
 
-async def _as_of(settings: Settings) -> dict[str, datetime]:
+async def _as_of(settings: Settings) -> dict[str, Any]:
     conn = await asyncpg.connect(settings.dsn)
     try:
         rows = await conn.fetch("SELECT area_id, as_of FROM priority_areas WHERE level = 'res9'")
@@ -88,3 +89,48 @@ async def test_decay_only_rows_wait_for_the_drift_spacing_then_settle(
         assert scorer.drift_cost == 0.0
     finally:
         await scorer.close()
+
+
+async def test_a_coarse_row_is_built_in_slices_without_holding_the_lock(
+    isolated_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The force row sums every cell (half a second with a year of state): the settle builds
+    it a slice at a time with the lock free, so a batch waiting for the lock goes between
+    slices; the row written is the one built in one go."""
+    settings = isolated_settings
+    monkeypatch.setattr(sc, "QUIET_SECONDS", 0.0)
+    monkeypatch.setattr(sc, "IDLE_SECONDS", 0.0)
+    monkeypatch.setattr(sc, "SETTLE_CHUNK", 1)
+
+    async def publish(events: Sequence[Envelope]) -> None:
+        pass
+
+    scorer = sc.Scorer(settings, publish)
+    locked: list[bool] = []
+    add = model_module.RowBuilder.add
+
+    def spy(self: model_module.RowBuilder, cells: int | None = None) -> None:
+        locked.append(scorer.lock.locked())
+        add(self, cells)
+
+    monkeypatch.setattr(model_module.RowBuilder, "add", spy)
+    try:
+        await scorer.activate((c, 1, _state(c, 0, 1)) for c in CELLS)
+        await _settle(scorer)
+        assert scorer.model is not None and scorer.tables is not None
+        want = scorer.model.row(scorer.tables, "force", 0)
+        conn = await asyncpg.connect(settings.dsn)
+        try:
+            got = await conn.fetchrow(
+                "SELECT score, streets, counts FROM priority_areas WHERE level = 'force'"
+            )
+        finally:
+            await conn.close()
+    finally:
+        await scorer.close()
+    # Three member cells, one per slice, none of them under the lock (the res-9 rows, one
+    # cell each, are built whole under it and never reach RowBuilder.add in slices).
+    assert locked.count(False) >= len(CELLS)
+    assert got is not None and got["score"] == want["score"]
+    assert json.loads(got["streets"]) == want["streets"]
+    assert json.loads(got["counts"]) == want["counts"]

@@ -432,12 +432,24 @@ class PriorityModel:
 
     def row(self, tables: Tables, level: str, i: int) -> dict[str, Any]:
         """One area's full row: score, rank, components, reasons, actions, streets, counts."""
+        builder = self.row_builder(tables, level, i)
+        builder.add()
+        return builder.finish()
+
+    def row_builder(self, tables: Tables, level: str, i: int) -> RowBuilder:
+        """A row built a slice of member cells at a time (:class:`RowBuilder`)."""
         t = tables.levels[level]
         members = [i] if level == "res9" else t.members[i]
         states = [self.states.get(self.cells[m], {}) for m in members]
+        return RowBuilder(self, tables, level, i, members, states)
+
+    def _finish_row(
+        self, tables: Tables, level: str, i: int, members: list[int], sums: _Sums
+    ) -> dict[str, Any]:
+        t = tables.levels[level]
         now = tables.as_of
         views: dict[str, ComponentView] = {}
-        details = self._details(level, t.ids[i], states, members, tables)
+        details = self._details(level, t.ids[i], members, tables, sums)
         for name in COMPONENTS:
             raw = float(t.raw[name][i])
             views[name] = ComponentView(
@@ -447,13 +459,8 @@ class PriorityModel:
                 details.get(name, {}),
             )
         reasons = top_reasons(views)
-        streets = self._streets(states, now)
-        counts: dict[str, list[int]] = {}
-        for st in states:
-            for crime_type, vals in self._counts(st, now).items():
-                acc = counts.setdefault(crime_type, [0] * len(COUNT_WINDOWS_DAYS))
-                for j, v in enumerate(vals):
-                    acc[j] += v
+        streets = _streets(sums.streets)
+        counts = sums.counts
         cell = t.ids[i]
         row: dict[str, Any] = {
             "level": level,
@@ -523,52 +530,14 @@ class PriorityModel:
         self,
         level: str,
         area: str,
-        states: list[CellState],
         members: list[int],
         tables: Tables,
+        sums: _Sums,
     ) -> dict[str, Any]:
-        now = tables.as_of
-        by_type: dict[str, float] = {}
-        asb = 0.0
-        cs = cn = 0.0
-        priorities: Counter[str] = Counter()
-        reg = knocks = 0
-        dates: dict[str, float] = {}
-
-        def newest(name: str, t: float | None) -> None:
-            if t is not None and math.isfinite(t) and t > dates.get(name, -math.inf):
-                dates[name] = t
-
-        for st in states:
-            for crime_type, ds in (st.get("ht") or {}).items():
-                by_type[crime_type] = by_type.get(crime_type, 0.0) + decay.value_at(
-                    ds, now, HARM_HALF_LIFE
-                )
-            if st.get("h"):
-                newest("harm", st["h"][1])
-            if st.get("a"):
-                asb += decay.value_at(st["a"], now, CONCERN_HALF_LIFE)
-                newest("concern", st["a"][1])
-            newest("near_repeat", nearrepeat.newest_burglary(st.get("nr") or []))
-            sv = st.get("sv")
-            if sv:
-                cs += sv["cs"]
-                cn += sv["cn"]
-                priorities.update({p: n for p, n in sv["p"].items() if n > 0})
-                newest("concern", sv.get("t"))
-                newest("trust_gap", sv.get("t"))
-            rg = st.get("rg")
-            if rg:
-                reg += rg["n"]
-                newest("engagement_gap", rg.get("t"))
-                newest("representation_gap", rg.get("t"))
-            kn = st.get("kn")
-            if kn:
-                knocks += kn["a"]
-                newest("engagement_gap", kn.get("t"))
-            if st.get("ls") or st.get("rls"):
-                newest("deprivation", st.get("t"))
-        households = float(sum(self.cols["households"][m] for m in members))
+        by_type, priorities, deciles = sums.by_type, sums.priorities, sums.deciles
+        asb, cs, cn, reg, knocks = sums.asb, sums.cs, sums.cn, sums.reg, sums.knocks
+        dates = sums.dates
+        households = float(sums.households)
         top_type = max(by_type, key=lambda k: (by_type[k], k)) if by_type else None
         survey = None
         if cn >= MIN_RESPONSES:
@@ -583,12 +552,6 @@ class PriorityModel:
         elif members:
             la = _dominant(self.la_of[m] for m in members)
         rep = tables.representation.get("" if level == "force" else (la or "\0"))
-        deciles = Counter[int]()
-        for st in states:
-            for key, n in (st.get("ls") or {}).items():
-                info = self.ref.imd(key)
-                if info:
-                    deciles[info.decile] += n
         return {
             "dates": {k: iso_date(v) for k, v in dates.items()},
             "harm": {"top_type": top_type},
@@ -630,19 +593,6 @@ class PriorityModel:
             },
         }
 
-    def _streets(self, states: Iterable[CellState], now: float) -> list[dict[str, Any]]:
-        merged: dict[str, list[float]] = {}
-        for st in states:
-            for street, (s, t, n) in (st.get("st") or {}).items():
-                acc = merged.setdefault(street, [0.0, 0.0])
-                acc[0] += decay.value_at([s, t], now, HARM_HALF_LIFE)
-                acc[1] += n
-        ordered = sorted(merged.items(), key=lambda kv: (-round(kv[1][0], 9), -kv[1][1], kv[0]))
-        return [
-            {"street": street, "harm": round(h, 6), "crimes": int(n)}
-            for street, (h, n) in ordered[:MAX_STREETS]
-        ]
-
     def _force_context(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key, name in ((OUTSIDE_FORCE, "outside_force_area"), (UNLOCATED, "unlocated")):
@@ -651,6 +601,122 @@ class PriorityModel:
             if key == UNLOCATED:
                 out["unlocated_registrations"] = (st.get("rg") or {}).get("n", 0)
         return out
+
+
+@dataclass
+class _Sums:
+    """What an area's row sums over its member cells, added a slice of cells at a time (in
+    member order, so the float sums are the same however the cells are sliced)."""
+
+    now: float
+    by_type: dict[str, float] = field(default_factory=dict)
+    asb: float = 0.0
+    cs: float = 0.0
+    cn: float = 0.0
+    priorities: Counter[str] = field(default_factory=Counter)
+    reg: int = 0
+    knocks: int = 0
+    dates: dict[str, float] = field(default_factory=dict)
+    households: float = 0.0
+    deciles: Counter[int] = field(default_factory=Counter)
+    streets: dict[str, list[float]] = field(default_factory=dict)
+    counts: dict[str, list[int]] = field(default_factory=dict)
+
+    def newest(self, name: str, t: float | None) -> None:
+        if t is not None and math.isfinite(t) and t > self.dates.get(name, -math.inf):
+            self.dates[name] = t
+
+    def add(self, model: PriorityModel, states: list[CellState], members: list[int]) -> None:
+        now, by_type, newest = self.now, self.by_type, self.newest
+        for st in states:
+            for crime_type, ds in (st.get("ht") or {}).items():
+                by_type[crime_type] = by_type.get(crime_type, 0.0) + decay.value_at(
+                    ds, now, HARM_HALF_LIFE
+                )
+            if st.get("h"):
+                newest("harm", st["h"][1])
+            if st.get("a"):
+                self.asb += decay.value_at(st["a"], now, CONCERN_HALF_LIFE)
+                newest("concern", st["a"][1])
+            newest("near_repeat", nearrepeat.newest_burglary(st.get("nr") or []))
+            sv = st.get("sv")
+            if sv:
+                self.cs += sv["cs"]
+                self.cn += sv["cn"]
+                self.priorities.update({p: n for p, n in sv["p"].items() if n > 0})
+                newest("concern", sv.get("t"))
+                newest("trust_gap", sv.get("t"))
+            rg = st.get("rg")
+            if rg:
+                self.reg += rg["n"]
+                newest("engagement_gap", rg.get("t"))
+                newest("representation_gap", rg.get("t"))
+            kn = st.get("kn")
+            if kn:
+                self.knocks += kn["a"]
+                newest("engagement_gap", kn.get("t"))
+            if st.get("ls") or st.get("rls"):
+                newest("deprivation", st.get("t"))
+            for key, n in (st.get("ls") or {}).items():
+                info = model.ref.imd(key)
+                if info:
+                    self.deciles[info.decile] += n
+            for street, (s, t, n) in (st.get("st") or {}).items():
+                acc = self.streets.setdefault(street, [0.0, 0.0])
+                acc[0] += decay.value_at([s, t], now, HARM_HALF_LIFE)
+                acc[1] += n
+            for crime_type, vals in model._counts(st, now).items():
+                total = self.counts.setdefault(crime_type, [0] * len(COUNT_WINDOWS_DAYS))
+                for j, v in enumerate(vals):
+                    total[j] += v
+        households = model.cols["households"]
+        for m in members:
+            self.households += households[m]
+
+
+class RowBuilder:
+    """One area's row from a snapshot of its member cells' states, built a slice at a time.
+
+    Why: a coarse row sums every member cell (the force row reads them all: about half a
+    second with a year of state), and the scorer must not hold up a batch that long. It adds
+    slices between batches and finishes the row from the snapshot, consistent with the
+    ``tables`` it was taken with (states are replaced, never changed, when cells merge)."""
+
+    def __init__(
+        self,
+        model: PriorityModel,
+        tables: Tables,
+        level: str,
+        i: int,
+        members: list[int],
+        states: list[CellState],
+    ) -> None:
+        self.model, self.tables, self.level, self.i = model, tables, level, i
+        self.members, self.states = members, states
+        self.sums = _Sums(tables.as_of)
+        self.done = 0
+
+    @property
+    def complete(self) -> bool:
+        return self.done >= len(self.members)
+
+    def add(self, cells: int | None = None) -> None:
+        """Sum the next ``cells`` member cells (all that are left by default)."""
+        end = len(self.members) if cells is None else min(len(self.members), self.done + cells)
+        self.sums.add(self.model, self.states[self.done : end], self.members[self.done : end])
+        self.done = end
+
+    def finish(self) -> dict[str, Any]:
+        assert self.complete, "add() every member first"
+        return self.model._finish_row(self.tables, self.level, self.i, self.members, self.sums)
+
+
+def _streets(merged: dict[str, list[float]]) -> list[dict[str, Any]]:
+    ordered = sorted(merged.items(), key=lambda kv: (-round(kv[1][0], 9), -kv[1][1], kv[0]))
+    return [
+        {"street": street, "harm": round(h, 6), "crimes": int(n)}
+        for street, (h, n) in ordered[:MAX_STREETS]
+    ]
 
 
 def _worse(
