@@ -77,6 +77,8 @@ TYPES = [
     ("Shoplifting", 8), ("Other theft", 7), ("Vehicle crime", 6), ("Burglary", 5), ("Public order", 5),
     ("Drugs", 2), ("Other crime", 1), ("Robbery", 1),
 ]  # fmt: skip
+#: A live probe waiting this long is a stall (``--dump-stalls``).
+STALL_MS = 700
 LOW_HARM = ["Shoplifting", "Other theft", "Bicycle theft", "Theft from the person"]
 
 
@@ -217,7 +219,12 @@ async def naive_consume(settings: Settings, seconds: float) -> tuple[float, int]
 
 
 async def live_latency(
-    settings: Settings, worker: Worker, points: list[Any], rate: int, seconds: float
+    settings: Settings,
+    worker: Worker,
+    points: list[Any],
+    rate: int,
+    seconds: float,
+    dump_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Steady ``rate`` events/s of low-harm crime now; 4 probes/s (a burglary in a new cell)."""
     rng = random.Random(99)
@@ -247,7 +254,31 @@ async def live_latency(
                         seen.setdefault(ev["cell"], now)
                         kinds[ev["type"]] = kinds.get(ev["type"], 0) + 1
 
+    async def dump_stalls() -> None:
+        """When a probe waits over ``STALL_MS``, the stacks of every worker process (py-spy
+        dump) into ``dumps``: what the pipeline was doing during a stall."""
+        spy = Path(sys.executable).with_name("py-spy")
+        while dump_dir is not None and len(dumps) < 3:
+            await asyncio.sleep(0.1)
+            now = time.perf_counter()
+            if not any(now - t > STALL_MS / 1000 for c, t in sent.items() if c not in seen):
+                continue
+            children = subprocess.run(
+                ["pgrep", "-P", str(worker.proc.pid)], capture_output=True, text=True
+            ).stdout.split()
+            path = dump_dir / f"stall-{len(dumps)}.txt"
+            with open(path, "w") as out:
+                for pid in [str(worker.proc.pid), *children]:
+                    proc = await asyncio.create_subprocess_exec(
+                        str(spy), "dump", "--pid", pid, stdout=out, stderr=out
+                    )
+                    await proc.wait()
+            dumps.append(str(path))
+            await asyncio.sleep(5)
+
+    dumps: list[str] = []
     watcher = asyncio.create_task(watch())
+    dumper = asyncio.create_task(dump_stalls())
     producer = make_producer(settings, linger_ms=0)
     started = time.time()
     wall = started - time.perf_counter()  # perf_counter -> epoch
@@ -284,6 +315,7 @@ async def live_latency(
         await asyncio.sleep(5)
     finally:
         watcher.cancel()
+        dumper.cancel()
         await producer.stop()
         await changed.stop()
     timeline = sorted((sent[c], (seen[c] - sent[c]) * 1000) for c in sent if c in seen)
@@ -310,6 +342,7 @@ async def live_latency(
         # Where a stall happened: the first topic on the path with a long gap is written by
         # the stage that stalled.
         "flow_gaps": await flow_gaps(settings, path, started, started + seconds),
+        "stall_dumps": dumps,
     }
 
 
@@ -538,7 +571,12 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         if args.live_seconds > 0:
             before = await stage_delays(settings)
             profiler = _profile(worker, args.profile_live)
-            live = await live_latency(settings, worker, points, args.rate, args.live_seconds)
+            dump_dir = Path(args.dump_stalls) if args.dump_stalls else None
+            if dump_dir is not None:
+                dump_dir.mkdir(parents=True, exist_ok=True)
+            live = await live_latency(
+                settings, worker, points, args.rate, args.live_seconds, dump_dir
+            )
             if profiler is not None:
                 profiler.send_signal(signal.SIGINT)
                 profiler.wait(30)
@@ -573,7 +611,15 @@ def cli() -> None:
         "--profile", default=None, help="py-spy raw profile of the worker's backfill to this file"
     )
     parser.add_argument(
-        "--profile-live", default=None, help="py-spy raw profile of the live phase to this file"
+        "--profile-live",
+        default=None,
+        help="py-spy raw profile of the live phase to this file",
+    )
+    parser.add_argument(
+        "--dump-stalls",
+        default=None,
+        help="directory for py-spy stack dumps of the worker's processes when a live probe"
+        " waits over STALL_MS (at most 3)",
     )
     args = parser.parse_args()
     result = asyncio.run(main(args))
