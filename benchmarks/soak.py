@@ -510,7 +510,14 @@ class Probes:
 
     def summary(self) -> dict[str, Any]:
         lat = [self.seen[c][0] - t for c, t in self.sent.items() if c in self.seen]
+        first = min(self.sent.values(), default=0.0)
+        slowest = sorted(
+            ((self.seen[c][0] - t, t - first) for c, t in self.sent.items() if c in self.seen),
+            reverse=True,
+        )[:3]
         return {
+            # (latency, when the probe was sent: s after the first probe)
+            "slowest": [{"ms": ms(d), "at_s": round(at, 1)} for d, at in slowest],
             "probes": len(self.sent),
             "answered": len(lat),
             "first_output": dict(Counter(kind for _, kind in self.seen.values())),

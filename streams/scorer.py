@@ -13,8 +13,8 @@ announced. The small rank shifts every change causes elsewhere,
 the coarse levels and the decay of untouched areas to the new ``as_of`` are written by the
 settle timer, in small chunks between batches (so live latency stays low), once input pauses
 for ``QUIET_SECONDS`` or at least every ``SETTLE_EVERY`` seconds (decay-only rows: after
-``IDLE_SECONDS``, and at most once per ``DRIFT_SPACING`` times their last pass's cost). ``priority_status.settled``
-says when every row is exact. History: every written row is also the snapshot of its
+``IDLE_SECONDS``, and at most once per ``DRIFT_SPACING`` times their last pass's cost).
+``priority_status.settled`` says when every row is exact. History: every written row is also the snapshot of its
 event-time day; each settle completes the snapshot of the current day (during a fast backfill,
 days the scorer never settled on have the touched areas only).
 """
@@ -46,7 +46,14 @@ from streams.scoring.config import (
     HARM_SPIKE_MIN_DAYS,
     HARM_SPIKE_RATIO,
 )
-from streams.scoring.model import H3_LEVELS, LEVELS, PriorityModel, Tables, iso_date
+from streams.scoring.model import (
+    H3_LEVELS,
+    LEVELS,
+    PriorityModel,
+    RowBuilder,
+    Tables,
+    iso_date,
+)
 
 log = get_logger(__name__)
 
@@ -339,15 +346,19 @@ class Scorer:
                     self.last_settle = time.monotonic()
                     # Queued, so a batch's write queued after it lands after it.
                     await self._queue_write(self._status(tables, settled=True))
-        if big is None:
-            if flush:
-                await self._room(free=MAX_QUEUED_WRITES)
-                return True
-            return False
-        # A coarse area summing thousands of cells (the force row reads them all: about half a
-        # second with a year of state) is built a slice at a time without the lock, so batches
-        # run in between; from the snapshot taken above, so it matches the tables it ranks.
-        assert big is not None
+        if big is not None:
+            return await self._settle_big(big, model, gen, drifting)
+        if flush:
+            await self._room(free=MAX_QUEUED_WRITES)
+            return True
+        return False
+
+    async def _settle_big(
+        self, big: RowBuilder, model: PriorityModel, gen: int, drifting: bool
+    ) -> bool:
+        """A coarse area summing thousands of cells (the force row reads them all: about half
+        a second with a year of state), built a slice at a time without the lock so batches
+        run in between; from the snapshot ``big`` took, so it matches the tables it ranks."""
         spent = 0.0
         while not big.complete:
             started = time.monotonic()
@@ -356,14 +367,13 @@ class Scorer:
             await asyncio.sleep(0)
         started = time.monotonic()
         row = big.finish()
-        spent += time.monotonic() - started
         if drifting:
-            self.drift_cost += spent
+            self.drift_cost += spent + time.monotonic() - started
         await self._room()
         async with self.lock:
             if self.model is not model:  # deactivated meanwhile: not ours to write any more
                 return False
-            await self._queue_write(self._write([row], tables, [], gen))
+            await self._queue_write(self._write([row], big.tables, [], gen))
         return True
 
     @staticmethod
