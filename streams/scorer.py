@@ -82,8 +82,16 @@ FRESH_SPACING = 4.0
 #: Why: under a trickle of events (one every few seconds, e.g. at night) every pause would
 #: otherwise rewrite the whole force; a busy moment's rows are written at once regardless.
 DRIFT_SPACING = 10.0
-#: Row writes queued behind the one in flight before the scorer waits for PostgreSQL.
+#: Row writes queued behind the one in flight before a timer step waits for PostgreSQL (it
+#: waits without the lock, see ``Scorer._room``)...
 MAX_QUEUED_WRITES = 4
+#: ...and before a batch does (under the lock: every batch behind it waits). A batch queues one
+#: write per ranking, a few a second, so this covers PostgreSQL pausing for several seconds (a
+#: WAL fsync behind the kernel flushing Kafka's writes: seen as 1.4-1.9 s live stalls with the
+#: scorer idle); beyond it, a PostgreSQL that is away holds the batches back.
+MAX_QUEUED_BATCH_WRITES = 32
+#: A row write taking longer than this is logged (``streams.scorer_write_slow``).
+SLOW_WRITE_SECONDS = 0.5
 #: A batch re-ranks the force only if the last ranking began at least this many times its
 #: duration ago (else the settle timer does it, within 0.25 s): ranking takes at most a third
 #: of the scorer's time however fast summaries arrive.
@@ -240,7 +248,9 @@ class Scorer:
         self.fresh.update(dict.fromkeys(sorted({("res9", c) for c in touched} - announced)))
         # The write runs while the next batch gathers: a crash before it lands loses
         # nothing, because an activating scorer rewrites every row once (see activate).
-        await self._queue_write(self._write(rows, tables, [key for key, _ in changed], gen))
+        announced_keys = [key for key, _ in changed]
+        write = self._write(rows, tables, announced_keys, gen)
+        await self._queue_write(write, MAX_QUEUED_BATCH_WRITES)
         self.next_compute = started + (time.monotonic() - started) * COMPUTE_SPACING * self.spacing
 
     async def _flush(self) -> None:
@@ -248,16 +258,25 @@ class Scorer:
         while self._writes:
             await self._writes.pop(0)
 
-    async def _queue_write(self, write: Coroutine[Any, Any, None]) -> None:
+    async def _queue_write(
+        self, write: Coroutine[Any, Any, None], limit: int = MAX_QUEUED_WRITES
+    ) -> None:
         """Queue a row write behind the others (they land in order, one at a time). Waits only
-        when ``MAX_QUEUED_WRITES`` are queued: until then a slow or restarting PostgreSQL does
-        not hold up the next batch's alerts and announcements (they go to Kafka). A write that
-        failed fails this call, so the batch fails and the process restarts (``guard``)."""
+        when ``limit`` are queued: until then a slow or restarting PostgreSQL does not hold up
+        the next batch's alerts and announcements (they go to Kafka). A write that failed
+        fails this call, so the batch fails and the process restarts (``guard``)."""
         for task in [t for t in self._writes if t.done()]:
             task.result()
         self._writes = [t for t in self._writes if not t.done()]
-        while len(self._writes) >= MAX_QUEUED_WRITES:
-            await self._writes.pop(0)
+        if len(self._writes) >= limit:
+            started = time.monotonic()
+            while len(self._writes) >= limit:
+                await self._writes.pop(0)
+            log.warning(
+                "streams.scorer_waited_for_postgres",
+                seconds=round(time.monotonic() - started, 3),
+                limit=limit,
+            )
         previous = self._writes[-1] if self._writes else None
         self._writes.append(asyncio.create_task(_after(previous, write)))
 
@@ -608,6 +627,7 @@ class Scorer:
             (level, area, *self.announced[(level, area)], tables.as_of) for level, area in announced
         ]
         delay = 0.5
+        started = time.monotonic()
         while True:
             try:
                 pool = await self._conn_pool()
@@ -623,6 +643,9 @@ class Scorer:
                 log.warning("streams.pg_retry", error=str(exc)[:200], delay=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
+        took = time.monotonic() - started
+        if took > SLOW_WRITE_SECONDS:
+            log.warning("streams.scorer_write_slow", seconds=round(took, 3), rows=len(rows))
         for r in rows:
             key = (r["level"], r["area_id"])
             self.written[key] = (r["score"], r["rank"], r["in_top"], r["as_of"])

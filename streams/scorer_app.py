@@ -14,6 +14,7 @@ from the changelog without replaying the pipeline.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import faust
 from aiokafka import TopicPartition
 
 from lpt.kafka import topic_name
+from lpt.logs import get_logger
 from lpt.settings import Settings
 from schemas.envelope import Envelope
 from schemas.registry import encode
@@ -38,8 +40,10 @@ from streams.app import (
     watch_stuck_partitions,
 )
 from streams.faustio import TableWriter, send_all
-from streams.scorer import Scorer, Summary
+from streams.scorer import SLOW_WRITE_SECONDS, Scorer, Summary
 from streams.scoring.cellstate import decode_state, summary_head, thaw
+
+log = get_logger(__name__)
 
 #: Summary messages per batch and the longest wait for a batch to fill (seconds). The scorer
 #: re-ranks the whole force per batch; summaries that arrive meanwhile form the next batch, so
@@ -96,7 +100,14 @@ def create_scorer_app(settings: Settings, datadir: Path | None = None) -> tuple[
                     latest[cell] = (seq, line)
         # Only each cell's newest state matters (the model keeps the highest sequence).
         await scorer.on_batch([_summary(line) for _, line in latest.values()])
+        started = time.monotonic()
         await writer.write([(events[-1], c, line) for c, (_, line) in latest.items()])
+        if time.monotonic() - started > SLOW_WRITE_SECONDS:
+            log.warning(
+                "streams.scorer_changelog_slow",
+                seconds=round(time.monotonic() - started, 3),
+                cells=len(latest),
+            )
 
     @app.agent(summaries, name="scorer")
     async def score(stream: Any) -> None:
