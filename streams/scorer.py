@@ -26,7 +26,7 @@ import itertools
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 
@@ -108,6 +108,36 @@ Publish = Callable[[Sequence[Envelope]], Awaitable[None]]
 Summary = tuple[str, int, CellState]
 
 
+class TracedLock(asyncio.Lock):
+    """The scorer's lock, remembering which task holds it: when a batch waits for it too long,
+    the holder's await chain is logged (``streams.scorer_batch_waiting``), naming what held
+    the batch up."""
+
+    holder: asyncio.Task[Any] | None = None
+
+    async def acquire(self) -> Literal[True]:
+        await super().acquire()
+        self.holder = asyncio.current_task()
+        return True
+
+    def release(self) -> None:
+        self.holder = None
+        super().release()
+
+    def holder_chain(self) -> list[str]:
+        """``function:line`` of each coroutine the holder is suspended in, outermost first."""
+        chain: list[str] = []
+        awaitable: Any = self.holder.get_coro() if self.holder is not None else None
+        while awaitable is not None and len(chain) < 16:
+            frame = getattr(awaitable, "cr_frame", None) or getattr(awaitable, "gi_frame", None)
+            if frame is not None:
+                chain.append(f"{frame.f_code.co_name}:{frame.f_lineno}")
+            awaitable = getattr(awaitable, "cr_await", None) or getattr(
+                awaitable, "gi_yieldfrom", None
+            )
+        return chain
+
+
 class Scorer:
     def __init__(self, settings: Settings, publish: Publish) -> None:
         self.settings = settings
@@ -116,7 +146,7 @@ class Scorer:
         self.pool: asyncpg.Pool | None = None
         self.written: dict[tuple[str, str], tuple[float, int, bool, float]] = {}
         self.announced: dict[tuple[str, str], tuple[float, bool]] = {}
-        self.lock = asyncio.Lock()
+        self.lock = TracedLock()
         self.last_batch = 0.0
         self.last_settle = time.monotonic()
         self.next_fresh = 0.0
@@ -195,7 +225,19 @@ class Scorer:
     # ------------------------------------------------------------------ batches
 
     async def on_batch(self, summaries: Sequence[Summary]) -> None:
+        waiting = None
+        if self.lock.locked():
+            waiting = asyncio.get_running_loop().call_later(
+                SLOW_WRITE_SECONDS,
+                lambda: log.warning(
+                    "streams.scorer_batch_waiting",
+                    seconds=SLOW_WRITE_SECONDS,
+                    holder=self.lock.holder_chain(),
+                ),
+            )
         async with self.lock:
+            if waiting is not None:
+                waiting.cancel()
             model = self.model
             assert model is not None, "activate() first"
             before = {cell: self._before(model, cell) for cell, _, _ in summaries}

@@ -3,6 +3,7 @@ directly, as its Faust agent does)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import Sequence
@@ -134,3 +135,24 @@ async def test_a_coarse_row_is_built_in_slices_without_holding_the_lock(
     assert got is not None and got["score"] == want["score"]
     assert json.loads(got["streets"]) == want["streets"]
     assert json.loads(got["counts"]) == want["counts"]
+
+
+async def test_the_lock_names_where_its_holder_waits() -> None:
+    """What ``streams.scorer_batch_waiting`` logs: the holder's await chain, outermost first."""
+    lock = sc.TracedLock()
+    release = asyncio.Event()
+
+    async def write_rows() -> None:
+        await release.wait()
+
+    async def settle() -> None:
+        async with lock:
+            await write_rows()
+
+    task = asyncio.create_task(settle())
+    await asyncio.sleep(0)
+    chain = lock.holder_chain()
+    assert [c.split(":")[0] for c in chain[:2]] == ["settle", "write_rows"]
+    release.set()
+    await task
+    assert lock.holder is None and lock.holder_chain() == []
