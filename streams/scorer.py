@@ -90,8 +90,9 @@ MAX_QUEUED_WRITES = 4
 #: WAL fsync behind the kernel flushing Kafka's writes: seen as 1.4-1.9 s live stalls with the
 #: scorer idle); beyond it, a PostgreSQL that is away holds the batches back.
 MAX_QUEUED_BATCH_WRITES = 32
-#: A row write taking longer than this is logged (``streams.scorer_write_slow``).
-SLOW_WRITE_SECONDS = 0.5
+#: A row write, a changelog write or a batch's wait for the lock taking longer than this is
+#: logged (``streams.scorer_write_slow``, ``..._changelog_slow``, ``..._batch_waiting``).
+SLOW_SECONDS = 0.5
 #: A batch re-ranks the force only if the last ranking began at least this many times its
 #: duration ago (else the settle timer does it, within 0.25 s): ranking takes at most a third
 #: of the scorer's time however fast summaries arrive.
@@ -228,10 +229,10 @@ class Scorer:
         waiting = None
         if self.lock.locked():
             waiting = asyncio.get_running_loop().call_later(
-                SLOW_WRITE_SECONDS,
+                SLOW_SECONDS,
                 lambda: log.warning(
                     "streams.scorer_batch_waiting",
-                    seconds=SLOW_WRITE_SECONDS,
+                    seconds=SLOW_SECONDS,
                     holder=self.lock.holder_chain(),
                 ),
             )
@@ -381,9 +382,9 @@ class Scorer:
                 drifting = time.monotonic() >= self.next_drift
                 wanted = drift if drifting else []
             started = time.monotonic()
-            chunk = self._take_chunk(tables, wanted)
+            chunk, cost = self._take_chunk(tables, wanted)
             gen = self._tables_gen
-            if len(chunk) == 1 and _cost(tables, *next(iter(chunk))) > SETTLE_CHUNK:
+            if cost > SETTLE_CHUNK and len(chunk) == 1:
                 (level, area) = next(iter(chunk))
                 big = model.row_builder(tables, level, tables.levels[level].index()[area])
             else:
@@ -395,24 +396,22 @@ class Scorer:
                     self.drift_cost += time.monotonic() - started
                 if material or drift:
                     return bool(chunk)
-                if any(not t.done() for t in self._writes):
-                    flush = True  # settled once they landed: wait for them without the lock
-                else:
-                    flush = False
-                    await self._flush()  # (collects their results: a failed write raises)
+                # Settled once every queued write has landed (waited for below, without the
+                # lock). The status write is queued (``_queue_write`` also raises a failed
+                # write's error), so a batch's write queued after it lands after it.
+                landed = all(t.done() for t in self._writes)
+                if landed:
                     if self.drift_cost:
                         self.next_drift = time.monotonic() + self.drift_cost * DRIFT_SPACING
                         self.drift_cost = 0.0
                     self.unsettled = False
                     self.last_settle = time.monotonic()
-                    # Queued, so a batch's write queued after it lands after it.
                     await self._queue_write(self._status(tables, settled=True))
         if big is not None:
             return await self._settle_big(big, model, gen, drifting)
-        if flush:
+        if not landed:
             await self._room(free=MAX_QUEUED_WRITES)
-            return True
-        return False
+        return not landed
 
     async def _settle_big(
         self, big: RowBuilder, model: PriorityModel, gen: int, drifting: bool
@@ -438,20 +437,22 @@ class Scorer:
         return True
 
     @staticmethod
-    def _take_chunk(tables: Tables, wanted: list[tuple[str, str]]) -> set[tuple[str, str]]:
+    def _take_chunk(
+        tables: Tables, wanted: list[tuple[str, str]]
+    ) -> tuple[set[tuple[str, str]], int]:
         """Remove and return the next areas of ``wanted`` worth about ``SETTLE_CHUNK`` cells of
-        work (a coarse area's row reads every member cell, so counting areas would let one
-        step hold up batches for a second; an area bigger than that comes alone, and
-        ``_settle_step`` builds it in slices)."""
+        work, and that work (a coarse area's row reads every member cell, so counting areas
+        would let one step hold up batches for a second; an area bigger than that comes alone,
+        and ``_settle_step`` builds it in slices)."""
         taken: set[tuple[str, str]] = set()
         cost = 0
         while wanted and (not taken or cost < SETTLE_CHUNK):
-            if taken and _cost(tables, *wanted[0]) > SETTLE_CHUNK:
+            area_cost = _cost(tables, *wanted[0])
+            if taken and area_cost > SETTLE_CHUNK:
                 break
-            level, area = wanted.pop(0)
-            taken.add((level, area))
-            cost += _cost(tables, level, area)
-        return taken
+            taken.add(wanted.pop(0))
+            cost += area_cost
+        return taken, cost
 
     async def _write_fresh(self) -> None:
         """One chunk of the cells batches changed (held under the lock only while its rows
@@ -686,7 +687,7 @@ class Scorer:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
         took = time.monotonic() - started
-        if took > SLOW_WRITE_SECONDS:
+        if took > SLOW_SECONDS:
             log.warning("streams.scorer_write_slow", seconds=round(took, 3), rows=len(rows))
         for r in rows:
             key = (r["level"], r["area_id"])

@@ -40,7 +40,7 @@ from streams.app import (
     watch_stuck_partitions,
 )
 from streams.faustio import TableWriter, send_all
-from streams.scorer import SLOW_WRITE_SECONDS, Scorer, Summary
+from streams.scorer import SLOW_SECONDS, Scorer, Summary
 from streams.scoring.cellstate import decode_state, summary_head, thaw
 
 log = get_logger(__name__)
@@ -102,7 +102,7 @@ def create_scorer_app(settings: Settings, datadir: Path | None = None) -> tuple[
         await scorer.on_batch([_summary(line) for _, line in latest.values()])
         started = time.monotonic()
         await writer.write([(events[-1], c, line) for c, (_, line) in latest.items()])
-        if time.monotonic() - started > SLOW_WRITE_SECONDS:
+        if time.monotonic() - started > SLOW_SECONDS:
             log.warning(
                 "streams.scorer_changelog_slow",
                 seconds=round(time.monotonic() - started, 3),

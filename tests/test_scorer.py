@@ -42,6 +42,10 @@ async def _as_of(settings: Settings) -> dict[str, Any]:
     return {r["area_id"]: r["as_of"] for r in rows} | {"settled": settled}
 
 
+async def _no_publish(events: Sequence[Envelope]) -> None:
+    """The scorer's Kafka output, unused here."""
+
+
 async def _settle(scorer: sc.Scorer) -> None:
     for _ in range(50):
         await scorer.tick()
@@ -58,10 +62,7 @@ async def test_decay_only_rows_wait_for_the_drift_spacing_then_settle(
     monkeypatch.setattr(sc, "QUIET_SECONDS", 0.0)
     monkeypatch.setattr(sc, "IDLE_SECONDS", 0.0)
 
-    async def publish(events: Sequence[Envelope]) -> None:
-        pass
-
-    scorer = sc.Scorer(settings, publish)
+    scorer = sc.Scorer(settings, _no_publish)
     try:
         # Ranked by harm, CELLS[0] first; its next burglary moves nobody's rank.
         days = {CELLS[0]: (0, 0, 0), CELLS[1]: (0, 0), CELLS[2]: (0,)}
@@ -103,10 +104,7 @@ async def test_a_coarse_row_is_built_in_slices_without_holding_the_lock(
     monkeypatch.setattr(sc, "IDLE_SECONDS", 0.0)
     monkeypatch.setattr(sc, "SETTLE_CHUNK", 1)
 
-    async def publish(events: Sequence[Envelope]) -> None:
-        pass
-
-    scorer = sc.Scorer(settings, publish)
+    scorer = sc.Scorer(settings, _no_publish)
     locked: list[bool] = []
     add = model_module.RowBuilder.add
 

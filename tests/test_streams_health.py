@@ -44,6 +44,18 @@ async def _commit(settings: Settings, group: str, tp: TopicPartition, offset: in
         await consumer.stop()
 
 
+async def _produce(settings: Settings, topic: str, counts: dict[int, int]) -> None:
+    """``counts[p]`` messages into partition ``p`` of ``topic``."""
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        for partition, n in counts.items():
+            for i in range(n):
+                await producer.send_and_wait(topic, b"x%d" % i, partition=partition)
+    finally:
+        await producer.stop()
+
+
 async def test_a_partition_whose_commit_does_not_move_is_judged_stuck(
     isolated_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -51,13 +63,7 @@ async def test_a_partition_whose_commit_does_not_move_is_judged_stuck(
     monkeypatch.setattr(wd, "STUCK_SECONDS", 1.0)
     topic = topic_name(CRIME, settings)
     waiting, empty = TopicPartition(topic, 0), TopicPartition(topic, 1)
-    producer = make_producer(settings)
-    await producer.start()
-    try:
-        for i in range(5):
-            await producer.send_and_wait(topic, b"x%d" % i, partition=0)
-    finally:
-        await producer.stop()
+    await _produce(settings, topic, {0: 5})
     group = f"{settings.topic_prefix}watchdog"
     await _commit(settings, group, waiting, 2)
     rebalancing = False
@@ -98,14 +104,7 @@ async def test_a_partition_left_behind_by_its_siblings_is_judged_stuck_sooner(
     monkeypatch.setattr(wd, "LEFT_BEHIND_SECONDS", 1.0)
     topic = topic_name(CRIME, settings)
     left, busy = TopicPartition(topic, 0), TopicPartition(topic, 1)
-    producer = make_producer(settings)
-    await producer.start()
-    try:
-        for i in range(5):
-            await producer.send_and_wait(topic, b"x%d" % i, partition=0)
-            await producer.send_and_wait(topic, b"y%d" % i, partition=1)
-    finally:
-        await producer.stop()
+    await _produce(settings, topic, {0: 5, 1: 5})
     group = f"{settings.topic_prefix}watchdog"
     await _commit(settings, group, left, 0)
     await _commit(settings, group, busy, 1)
