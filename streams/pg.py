@@ -39,24 +39,27 @@ def _expr(column: str) -> str:
     return f"d->'{column}'" if column in _JSON else f"d->>'{column}'"
 
 
-# One JSON document per row (one encode call per row instead of one per column).
-UPSERT_AREAS = f"""
-INSERT INTO priority_areas ({", ".join(_AREA_COLUMNS)}, updated_at)
-SELECT {", ".join(_expr(c) for c in _AREA_COLUMNS)}, now() FROM unnest($1::jsonb[]) AS d
-ON CONFLICT (level, area_id) DO UPDATE SET
-    {", ".join(f"{c} = EXCLUDED.{c}" for c in _AREA_COLUMNS[2:])}, updated_at = now()
-WHERE priority_areas.as_of <= EXCLUDED.as_of
-"""
-
 _HISTORY_COLUMNS = (
     "level", "area_id", "score", "rank", "areas_ranked", "in_top", "components", "reasons",
     "as_of", "weights_version",
 )  # fmt: skip
-UPSERT_HISTORY = f"""
+
+# One JSON document per row (one encode call per row instead of one per column), sent once
+# for both tables: the current row and the day's snapshot are one statement (two would send
+# and parse every document twice; measured as the scorer's largest socket write).
+UPSERT_ROWS = f"""
+WITH docs AS (SELECT d FROM unnest($1::jsonb[]) AS d),
+current AS (
+    INSERT INTO priority_areas ({", ".join(_AREA_COLUMNS)}, updated_at)
+    SELECT {", ".join(_expr(c) for c in _AREA_COLUMNS)}, now() FROM docs
+    ON CONFLICT (level, area_id) DO UPDATE SET
+        {", ".join(f"{c} = EXCLUDED.{c}" for c in _AREA_COLUMNS[2:])}, updated_at = now()
+    WHERE priority_areas.as_of <= EXCLUDED.as_of
+)
 INSERT INTO priority_history ({", ".join(_HISTORY_COLUMNS)}, day)
 SELECT {", ".join(_expr(c) for c in _HISTORY_COLUMNS)},
        (to_timestamp((d->>'as_of')::float8) AT TIME ZONE 'UTC')::date
-FROM unnest($1::jsonb[]) AS d
+FROM docs
 ON CONFLICT (level, area_id, day) DO UPDATE SET
     {", ".join(f"{c} = EXCLUDED.{c}" for c in _HISTORY_COLUMNS[2:])}
 WHERE priority_history.as_of <= EXCLUDED.as_of
@@ -90,10 +93,7 @@ async def write_rows(conn: asyncpg.Connection, rows: Sequence[dict[str, Any]]) -
     """Upsert current rows and their snapshot for the day of their ``as_of``."""
     if not rows:
         return
-    docs = [_document(r) for r in rows]
-    async with conn.transaction():
-        await conn.execute(UPSERT_AREAS, docs)
-        await conn.execute(UPSERT_HISTORY, docs)
+    await conn.execute(UPSERT_ROWS, [_document(r) for r in rows])
 
 
 async def write_announced(
