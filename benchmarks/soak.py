@@ -508,22 +508,29 @@ class Probes:
     sent: dict[str, float] = field(default_factory=dict)
     seen: dict[str, tuple[float, str]] = field(default_factory=dict)
 
-    def summary(self) -> dict[str, Any]:
-        lat = [self.seen[c][0] - t for c, t in self.sent.items() if c in self.seen]
+    def summary(self, warm_up: float) -> dict[str, Any]:
+        """Percentiles over the probes sent after ``warm_up`` s (as the HTTP figures: the
+        first probes measure start-up, the workers' groups still forming); the slowest three
+        and the warm-up's worst are reported beside them."""
         first = min(self.sent.values(), default=0.0)
-        slowest = sorted(
-            ((self.seen[c][0] - t, t - first) for c, t in self.sent.items() if c in self.seen),
-            reverse=True,
-        )[:3]
+        answered = [
+            (self.seen[c][0] - t, t - first) for c, t in self.sent.items() if c in self.seen
+        ]
+        lat = [d for d, at in answered if at >= warm_up]
+        early = [d for d, at in answered if at < warm_up]
         return {
             # (latency, when the probe was sent: s after the first probe)
-            "slowest": [{"ms": ms(d), "at_s": round(at, 1)} for d, at in slowest],
+            "slowest": [
+                {"ms": ms(d), "at_s": round(at, 1)} for d, at in sorted(answered)[::-1][:3]
+            ],
             "probes": len(self.sent),
-            "answered": len(lat),
+            "answered": len(answered),
             "first_output": dict(Counter(kind for _, kind in self.seen.values())),
+            "after_warm_up": len(lat),
             "p50_ms": ms(percentile(lat, 0.5)),
             "p99_ms": ms(percentile(lat, 0.99)),
             "max_ms": ms(max(lat)) if lat else None,
+            "warm_up_max_ms": ms(max(early)) if early else None,
         }
 
 
@@ -934,7 +941,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "after_drain": final["lag"],
             "lagging_partitions_after_drain": stuck,
         },
-        "produce_to_priority": probes.summary(),
+        "produce_to_priority": probes.summary(warm_up),
         "memory": memory,
         "totals_from_metrics": totals,
         "verdict": verdict,
@@ -966,8 +973,9 @@ def render(r: dict[str, Any]) -> str:
         f" {r['urgent_alerts_sent']},"
         f" e-mails accepted {r['smtp_accepted']}",
         f"notification statuses (from /metrics): {r['totals_from_metrics']['notifications']}",
-        f"produce -> priority: {p['answered']}/{p['probes']} probes, p50 {p['p50_ms']} ms,"
-        f" p99 {p['p99_ms']} ms",
+        f"produce -> priority: {p['answered']}/{p['probes']} probes answered; after warm-up"
+        f" ({p['after_warm_up']}) p50 {p['p50_ms']} ms, p99 {p['p99_ms']} ms, max {p['max_ms']} ms;"
+        f" during warm-up max {p['warm_up_max_ms']} ms",
         f"{'process':18} {'start MB':>9} {'end MB':>8} {'growth':>8} {'allowed':>8} {'MB/min':>7}",
     ]
     for name, m in r["memory"].items():
