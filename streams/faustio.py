@@ -23,11 +23,9 @@ from faust.streams import _current_event
 from faust.types import TP
 
 from lpt.logs import get_logger
+from streams.items import MAX_MESSAGE_BYTES, chunks
 
 log = get_logger(__name__)
-
-#: Largest internal message (bytes); Kafka's default limit is 1 MB.
-MAX_MESSAGE_BYTES = 512 * 1024
 
 
 @contextmanager
@@ -141,20 +139,6 @@ class TableWriter:
             meta = await fut
             # What Faust's own changelog callback records: recovery resumes after it.
             store.set_persisted_offset(TP(topic, partition), meta.offset + count - 1)
-
-
-def chunks(parts: Sequence[bytes], limit: int = MAX_MESSAGE_BYTES) -> Iterator[list[bytes]]:
-    """Split already-encoded JSON values into groups whose joined size stays under ``limit``."""
-    group: list[bytes] = []
-    size = 0
-    for part in parts:
-        if group and size + len(part) + 1 > limit:
-            yield group
-            group, size = [], 0
-        group.append(part)
-        size += len(part) + 1
-    if group:
-        yield group
 
 
 def encode_lists(items: Sequence[Any], limit: int = MAX_MESSAGE_BYTES) -> Iterator[bytes]:

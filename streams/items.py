@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from schemas.crime import CrimeReported, CrimeUpdated
@@ -32,11 +33,29 @@ from streams.scoring.reference import lsoa_key
 
 Item = list[Any]
 
+#: Largest internal message (bytes); Kafka's default limit is 1 MB.
+MAX_MESSAGE_BYTES = 512 * 1024
+
 
 def partition_for(key: str, partitions: int) -> int:
     """Deterministic partition of an entity or cell on the internal topics (any worker, any
     run, computes the same one, which is what ties a key to its table partition)."""
     return zlib.crc32(key.encode()) % partitions
+
+
+def chunks(parts: Sequence[bytes], limit: int = MAX_MESSAGE_BYTES) -> Iterator[list[bytes]]:
+    """Split already-encoded JSON values into groups whose joined size stays under ``limit``
+    (one message per group on an internal topic)."""
+    group: list[bytes] = []
+    size = 0
+    for part in parts:
+        if group and size + len(part) + 1 > limit:
+            yield group
+            group, size = [], 0
+        group.append(part)
+        size += len(part) + 1
+    if group:
+        yield group
 
 
 def entity_item(event: Envelope) -> tuple[str, Item] | None:

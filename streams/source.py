@@ -37,7 +37,7 @@ from lpt.settings import Settings
 from schemas.registry import InvalidEvent, TopicDecoder
 from schemas.topics import CRIME, DOORKNOCKS, RESIDENTS, SURVEYS, TopicSpec
 from streams.gcpause import collector_held
-from streams.items import entity_item, partition_for
+from streams.items import chunks, entity_item, partition_for
 
 log = get_logger(__name__)
 
@@ -45,8 +45,6 @@ INPUT_SPECS = (CRIME, RESIDENTS, SURVEYS, DOORKNOCKS)
 #: The longest wait for a batch (ms): large batches (``LPT_STREAM_INPUT_BATCH``) when behind,
 #: a short wait when live.
 WAIT_MS = 20
-#: Largest ``entities`` message (bytes); Kafka's default limit is 1 MB.
-MAX_MESSAGE_BYTES = 512 * 1024
 
 
 def input_group(app_id: str) -> str:
@@ -94,22 +92,6 @@ class InputStage:
         return await send_dead_letter(
             producer, self.settings, self.spec, record, reason, field, self.group
         )
-
-
-def entity_messages(items: Sequence[bytes]) -> list[bytes]:
-    """``{"i":[item,...]}`` messages of at most ``MAX_MESSAGE_BYTES``."""
-    out: list[bytes] = []
-    group: list[bytes] = []
-    size = 0
-    for item in items:
-        if group and size + len(item) + 1 > MAX_MESSAGE_BYTES:
-            out.append(b'{"i":[' + b",".join(group) + b"]}")
-            group, size = [], 0
-        group.append(item)
-        size += len(item) + 1
-    if group:
-        out.append(b'{"i":[' + b",".join(group) + b"]}")
-    return out
 
 
 class InputSource:
@@ -212,7 +194,8 @@ class InputSource:
         for tp, records in batch.items():
             await self.stages[tp.topic].process(records, out, self.producer, pending)
         for partition, items in sorted(out.items()):
-            for value in entity_messages(items):
+            for group in chunks(items):
+                value = b'{"i":[' + b",".join(group) + b"]}"
                 pending.append(
                     await self.producer.send(self.entities_topic, value, partition=partition)
                 )

@@ -1,4 +1,5 @@
-"""Message encoding of the batch stages (``streams.faustio``): pure, no broker."""
+"""Message encoding of the batch stages (``streams.faustio``, ``streams.items``): pure, no
+broker."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import random
 import orjson
 
 from streams.faustio import encode_lists
+from streams.items import chunks
 
 
 def test_lists_split_under_the_limit_and_keep_every_item_in_order() -> None:
@@ -23,3 +25,13 @@ def test_an_item_larger_than_the_limit_travels_alone() -> None:
     big = ["k", "y" * 2_000]
     parts = list(encode_lists([["a"], big, ["b"]], limit=1_000))
     assert [orjson.loads(p) for p in parts] == [[["a"]], [big], [["b"]]]
+
+
+def test_encoded_values_group_under_the_limit_in_order() -> None:
+    """``chunks``: the framing of ``entities`` and ``summaries`` messages."""
+    parts = [orjson.dumps(["c", n, "x" * (n % 50)]) for n in range(2_000)]
+    groups = list(chunks(parts, limit=4_096))
+    assert len(groups) > 1
+    assert all(sum(len(p) + 1 for p in g) <= 4_096 for g in groups)
+    assert [p for g in groups for p in g] == parts
+    assert list(chunks([b"y" * 5_000, b"z"], limit=4_096)) == [[b"y" * 5_000], [b"z"]]
