@@ -44,7 +44,6 @@ from streams.source import InputSource
 
 log = get_logger(__name__)
 
-ROLES = ("all", "input", "stages", "scorer")
 #: The child processes of ``--role all``, with the offset of each one's metrics port from
 #: ``LPT_METRICS_PORT`` (when that is set; else each picks a free port).
 CHILDREN = {"scorer": 1, "input": 2}
