@@ -134,6 +134,12 @@ class Settings:
             "doc": "Input records a stream worker reads and forwards per batch",
         }
     )
+    stream_child_nice: int = field(
+        metadata={
+            "env": "LPT_STREAM_CHILD_NICE",
+            "doc": "CPU priority offset (nice) of a stream worker's input and scorer children",
+        }
+    )
     master_key_file: Path = field(
         metadata={
             "env": "LPT_MASTER_KEY_FILE",
@@ -272,6 +278,7 @@ class Settings:
             stream_workers=_env_int("LPT_STREAM_WORKERS", 1),
             stream_app_id=_env("LPT_STREAM_APP_ID", ""),
             stream_input_batch=_env_int("LPT_STREAM_INPUT_BATCH", 20_000),
+            stream_child_nice=_env_int("LPT_STREAM_CHILD_NICE", 5),
             master_key_file=Path(_env("LPT_MASTER_KEY_FILE", str(home / "secrets" / "master.key"))),
             link_key_file=Path(_env("LPT_LINK_KEY_FILE", str(home / "secrets" / "link.key"))),
             survey_auto_waves=_env("LPT_SURVEY_AUTO_WAVES", "1") not in ("0", "false", "no"),

@@ -11,6 +11,13 @@ Roles (``--role``):
   (``PR_SET_PDEATHSIG``), so a SIGKILL or a watchdog ``exec`` never leaves an orphan behind.
 * ``input`` / ``stages`` / ``scorer``: one part only, for deployments that scale them apart.
 
+The children run at a lower CPU priority (``LPT_STREAM_CHILD_NICE``, default 5). Why: in a
+backfill the stages are the slowest part, and on a machine with fewer free cores than busy
+processes the input source would otherwise race ahead (it only fills the ``entities`` backlog)
+and the scorer re-rank more often than needed (a scorer given less CPU takes bigger batches,
+and its work per batch is per force, not per event). Live, the machine has room and the
+priority changes nothing.
+
 Each process on a host takes its own slot directory under ``$LPT_HOME/streams/<app id>`` (a file
 lock), so several workers can share a machine and a restarted worker finds its state again.
 """
@@ -162,6 +169,14 @@ async def _run_input(settings: Settings) -> None:
         await source.run()
 
 
+def _lower_priority(nice: int) -> None:
+    """Run this child at a lower CPU priority than the stages (see the module docstring)."""
+    try:
+        os.nice(nice)
+    except OSError as exc:  # a negative value needs privileges: run as we are
+        log.warning("streams.child_nice_refused", nice=nice, error=str(exc))
+
+
 def _run_app(app: faust.App) -> int:
     _tune_gc()
     worker = faust.Worker(app, loglevel="WARN", redirect_stdouts=False, quiet=True)
@@ -179,6 +194,8 @@ def cli(args: argparse.Namespace) -> int:
     parent = os.environ.pop(PARENT_ENV, None)
     if parent and not die_with_parent(int(parent)):
         return 0
+    if parent:
+        _lower_priority(settings.stream_child_nice)
     asyncio.run(ensure_topics(settings))
     asyncio.run(ensure_internal_topics(settings))
     if role == "input":  # stateless: no slot directory

@@ -147,6 +147,13 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _nice(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+    except FileNotFoundError:
+        return None
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -183,12 +190,21 @@ async def test_the_child_processes_are_restarted_and_die_with_their_worker(
 ) -> None:
     """``lpt worker`` runs the input source and the scorer as child processes: a crashed child
     comes back, and a SIGKILLed worker leaves no orphan in the groups (an orphan scorer would
-    score beside the next one, an orphan input source would hold partitions)."""
+    score beside the next one, an orphan input source would hold partitions). The children
+    run at the lower CPU priority ``LPT_STREAM_CHILD_NICE`` sets."""
     worker = Worker(isolated_settings, tmp_path / "home")
     roles = {"input", "scorer"}
     try:
         await _until(lambda: set(_roles(worker.proc.pid)) == roles, "the two child processes")
         first = _roles(worker.proc.pid)
+        base = _nice(worker.proc.pid)
+        assert base is not None
+        expected = base + isolated_settings.stream_child_nice
+        await _until(
+            lambda: all(_nice(pid) == expected for pid in first.values()),
+            f"the children at nice {expected}",
+        )
+        assert isolated_settings.stream_child_nice > 0 and _nice(worker.proc.pid) == base
         for pid in first.values():
             os.kill(pid, signal.SIGKILL)
         await _until(
