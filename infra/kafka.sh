@@ -24,12 +24,23 @@ java_cmd() {
     -cp "$LIBS/*" "$@"
 }
 
+# The jars are fetched again when infra/kafka/pom.xml changes (its digest is kept beside them),
+# but never under a running broker: it keeps the jars it started with until its next start.
 fetch() {
-  if compgen -G "$LIBS/kafka_2.13-*.jar" >/dev/null; then return 0; fi
+  local want have=""
+  want="$(sha256sum "$HERE/kafka/pom.xml" | cut -d' ' -f1)"
+  [[ -f "$LIBS/.pom.sha256" ]] && have="$(cat "$LIBS/.pom.sha256")"
+  if [[ "$have" == "$want" ]]; then return 0; fi
+  if running; then
+    echo "kafka: infra/kafka/pom.xml changed; the jars are fetched again at the next start"
+    return 0
+  fi
+  rm -rf "$LIBS"
   mkdir -p "$LIBS"
   echo "kafka: fetching jars from Maven Central into $LIBS"
   mvn -q -B -f "$HERE/kafka/pom.xml" dependency:copy-dependencies \
     -DoutputDirectory="$LIBS" -DincludeScope=runtime
+  echo "$want" >"$LIBS/.pom.sha256"
 }
 
 write_config() {
@@ -76,6 +87,11 @@ logger.kafka.name = kafka
 logger.kafka.level = warn
 logger.apache.name = org.apache.kafka
 logger.apache.level = warn
+# Start-up and shutdown (a broker that exits says why, and whether it was asked to).
+logger.raftserver.name = kafka.server.KafkaRaftServer
+logger.raftserver.level = info
+logger.brokerserver.name = kafka.server.BrokerServer
+logger.brokerserver.level = info
 L4J
 }
 
