@@ -4,6 +4,7 @@
 # State lives in $LPT_HOME/kafka (git-ignored). Ports: $LPT_KAFKA_PORT (client),
 # $LPT_KAFKA_CONTROLLER_PORT (controller). The Kafka version is pinned in infra/kafka/pom.xml.
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/ports.sh"
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$HERE")"
@@ -112,6 +113,8 @@ start() {
   format
   if running; then echo "kafka: already running (pid $(cat "$PIDF"))"; return 0; fi
   echo "kafka: starting on 127.0.0.1:$PORT"
+  warn_if_ephemeral "$PORT" kafka
+  warn_if_ephemeral "$CPORT" "kafka controller"
   ulimit -n 200000 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
   rm -f "$KDIR"/logs/hs_err_pid*.log
   nohup bash -c "exec java -Xms256m -Xmx$HEAP -XX:+UseG1GC -Djava.awt.headless=true \

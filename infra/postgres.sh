@@ -4,6 +4,7 @@
 # Listens on 127.0.0.1:$LPT_PG_PORT with trust auth for the local `lpt` role: a development and
 # test cluster only. Production points LPT_DATABASE_URL at a managed server instead.
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/ports.sh"
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$HERE")"
@@ -58,6 +59,7 @@ start() {
   init
   if running; then echo "postgres: already running on 127.0.0.1:$PORT"; return 0; fi
   echo "postgres: starting on 127.0.0.1:$PORT"
+  warn_if_ephemeral "$PORT" postgres
   as_owner "$BIN/pg_ctl" -D "$PGDATA" -l "$LOGF" -o "-p $PORT" -w -t 60 start >/dev/null
 }
 
