@@ -9,6 +9,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$HERE")"
 LPT_HOME="${LPT_HOME:-$ROOT/.lpt}"
+[[ "$LPT_HOME" == /* ]] || LPT_HOME="$PWD/$LPT_HOME" # Maven resolves relative paths elsewhere
 PORT="${LPT_KAFKA_PORT:-19092}"
 CPORT="${LPT_KAFKA_CONTROLLER_PORT:-19093}"
 KDIR="$LPT_HOME/kafka"
@@ -39,8 +40,12 @@ fetch() {
   rm -rf "$LIBS"
   mkdir -p "$LIBS"
   echo "kafka: fetching jars from Maven Central into $LIBS"
-  mvn -q -B -f "$HERE/kafka/pom.xml" dependency:copy-dependencies \
+  mvn -q -B -Dstyle.color=never -f "$HERE/kafka/pom.xml" dependency:copy-dependencies \
     -DoutputDirectory="$LIBS" -DincludeScope=runtime
+  if ! compgen -G "$LIBS/kafka_2.13-*.jar" >/dev/null; then
+    echo "kafka: Maven put no broker jar into $LIBS" >&2
+    exit 1
+  fi
   echo "$want" >"$LIBS/.pom.sha256"
 }
 
