@@ -11,7 +11,9 @@ In one run, on a fresh topic prefix and database (removed afterwards):
    implementation does, for ``--naive-seconds``;
 4. **backfill**: one ``lpt worker`` process from the start of the topic until every stage has
    caught up and the tables in PostgreSQL are settled (topic -> tables -> PostgreSQL), wall time
-   including the worker's start-up;
+   including the worker's start-up, and the CPU seconds each part used meanwhile (the worker's
+   three processes, and the Kafka broker and PostgreSQL cluster when they run under
+   ``LPT_HOME``), with their sum per event: what moves the rate on a machine they share;
 5. **live**: with that worker running, ``--rate`` events/s for ``--live-seconds``; four per
    second are probes: a burglary in a cell no event touched before. The latency is from the
    probe's send to the first scorer output about its cell (``priority.changed`` when the cell
@@ -30,10 +32,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
 import dataclasses
 import itertools
 import json
+import os
 import random
 import shutil
 import signal
@@ -55,6 +59,7 @@ import asyncpg  # noqa: E402
 import h3  # noqa: E402
 from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
+from aiokafka.errors import KafkaError  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from lpt.kafka import (  # noqa: E402
@@ -478,7 +483,11 @@ async def caught_up_times(settings: Settings, t0: float, out: dict[str, float]) 
     busy: set[str] = set()  # a stage's topics are empty (no lag) until the one before it sends
     async with LagProbe(settings) as probe:
         while True:
-            lags = await probe.lags(groups)
+            try:
+                lags = await probe.lags(groups)
+            except KafkaError:  # a group's coordinator not known yet (a fresh broker): again
+                await asyncio.sleep(0.5)
+                continue
             for group, lag in lags.items():
                 if lag:
                     busy.add(group)
@@ -486,6 +495,53 @@ async def caught_up_times(settings: Settings, t0: float, out: dict[str, float]) 
                 elif group in busy and names[group] not in out:
                     out[names[group]] = round(time.perf_counter() - t0, 1)
             await asyncio.sleep(0.5)
+
+
+def _cpu_seconds(pid: int, reaped: bool = False) -> float:
+    """User + system CPU of a process (with ``reaped``: also of its children that exited)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    ticks = sum(int(f) for f in fields[11 : 15 if reaped else 13])  # utime stime [cutime cstime]
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except FileNotFoundError:
+        return []
+    out: list[int] = []
+    for task in tasks:
+        with contextlib.suppress(FileNotFoundError):
+            out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def server_cpu(home: Path) -> dict[str, float]:
+    """CPU seconds so far of the local Kafka broker and PostgreSQL cluster under ``home`` (the
+    postmaster, its live backends and those that exited); absent when they run elsewhere."""
+    out: dict[str, float] = {}
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        out["kafka"] = _cpu_seconds(int((home / "kafka" / "kafka.pid").read_text()))
+    with contextlib.suppress(FileNotFoundError, ValueError, IndexError):
+        master = int((home / "pg" / "data" / "postmaster.pid").read_text().split()[0])
+        out["postgres"] = _cpu_seconds(master, reaped=True) + sum(
+            _cpu_seconds(c) for c in _children(master)
+        )
+    return out
+
+
+def worker_cpu(worker: Worker) -> dict[str, float]:
+    """CPU seconds so far of the worker's three processes, by role."""
+    out = {"stages": _cpu_seconds(worker.proc.pid)}
+    for child in _children(worker.proc.pid):
+        with contextlib.suppress(FileNotFoundError):
+            args = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\x00")
+            if b"--role" in args:
+                out[args[args.index(b"--role") + 1].decode()] = _cpu_seconds(child)
+    return out
 
 
 def _profile(worker: Worker, path: str | None) -> subprocess.Popen[bytes] | None:
@@ -528,6 +584,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         out["naive_upsert_per_s"] = round(naive)
         print(f"naive consumer (one upsert per event): {naive:,.0f} events/s", flush=True)
 
+        servers_before = server_cpu(base.home)  # the broker and cluster this run uses
         t0 = time.perf_counter()
         worker = Worker(settings, home)
         profiler = _profile(worker, args.profile)
@@ -541,6 +598,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             profiler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
             profiler.wait(30)
         elapsed = time.perf_counter() - t0
+        # Where the CPU went (the machine's cores are shared by all of these).
+        cpu = worker_cpu(worker)
+        cpu.update({k: v - servers_before.get(k, 0.0) for k, v in server_cpu(base.home).items()})
+        out["backfill_cpu_s"] = {k: round(v, 1) for k, v in cpu.items()}
+        out["backfill_cpu_us_per_event"] = round(sum(cpu.values()) / args.events * 1e6, 1)
         rate = args.events / elapsed
         out["backfill_seconds"] = round(elapsed, 1)
         out["backfill_per_s"] = round(rate)
@@ -565,7 +627,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         print(
             f"stream backfill (topic -> tables -> PostgreSQL, one worker): {rate:,.0f} events/s "
             f"({elapsed:.1f} s incl. start-up; {rate / raw:.1%} of raw; {rate / naive:.1f}x naive;"
-            f" no lag after s: {caught_up}; GC s, count: {out['backfill_gc']})",
+            f" no lag after s: {caught_up}; GC s, count: {out['backfill_gc']}; CPU s:"
+            f" {out['backfill_cpu_s']}, {out['backfill_cpu_us_per_event']} us/event in all)",
             flush=True,
         )
         if args.live_seconds > 0:
