@@ -74,7 +74,14 @@ from lpt.settings import Settings, get_settings  # noqa: E402
 from schemas.registry import TopicDecoder  # noqa: E402
 from schemas.topics import CRIME, OFFICER_ALERTS, PRIORITY_CHANGED  # noqa: E402
 from streams.cli import LagProbe, stream_groups  # noqa: E402
-from tests.streams_helpers import Worker, new_database, wait_idle  # noqa: E402
+from tests.streams_helpers import (  # noqa: E402
+    Worker,
+    child_roles,
+    new_database,
+    proc_children,
+    proc_stat,
+    wait_idle,
+)
 
 RESULTS = ROOT / "benchmarks" / "results" / "stream_backfill.json"
 TYPES = [
@@ -499,24 +506,11 @@ async def caught_up_times(settings: Settings, t0: float, out: dict[str, float]) 
 
 def _cpu_seconds(pid: int, reaped: bool = False) -> float:
     """User + system CPU of a process (with ``reaped``: also of its children that exited)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
+    fields = proc_stat(pid)
+    if fields is None:
         return 0.0
     ticks = sum(int(f) for f in fields[11 : 15 if reaped else 13])  # utime stime [cutime cstime]
     return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        tasks = list(Path(f"/proc/{pid}/task").iterdir())
-    except FileNotFoundError:
-        return []
-    out: list[int] = []
-    for task in tasks:
-        with contextlib.suppress(FileNotFoundError):
-            out += [int(c) for c in (task / "children").read_text().split()]
-    return out
 
 
 def server_cpu(home: Path) -> dict[str, float]:
@@ -528,7 +522,7 @@ def server_cpu(home: Path) -> dict[str, float]:
     with contextlib.suppress(FileNotFoundError, ValueError, IndexError):
         master = int((home / "pg" / "data" / "postmaster.pid").read_text().split()[0])
         out["postgres"] = _cpu_seconds(master, reaped=True) + sum(
-            _cpu_seconds(c) for c in _children(master)
+            _cpu_seconds(c) for c in proc_children(master)
         )
     return out
 
@@ -536,11 +530,7 @@ def server_cpu(home: Path) -> dict[str, float]:
 def worker_cpu(worker: Worker) -> dict[str, float]:
     """CPU seconds so far of the worker's three processes, by role."""
     out = {"stages": _cpu_seconds(worker.proc.pid)}
-    for child in _children(worker.proc.pid):
-        with contextlib.suppress(FileNotFoundError):
-            args = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\x00")
-            if b"--role" in args:
-                out[args[args.index(b"--role") + 1].decode()] = _cpu_seconds(child)
+    out.update({role: _cpu_seconds(pid) for role, pid in child_roles(worker.proc.pid).items()})
     return out
 
 

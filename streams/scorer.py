@@ -14,9 +14,9 @@ the coarse levels and the decay of untouched areas to the new ``as_of`` are writ
 settle timer, in small chunks between batches (so live latency stays low), once input pauses
 for ``QUIET_SECONDS`` or at least every ``SETTLE_EVERY`` seconds (decay-only rows: after
 ``IDLE_SECONDS``, and at most once per ``DRIFT_SPACING`` times their last pass's cost).
-``priority_status.settled`` says when every row is exact. History: every written row is also the snapshot of its
-event-time day; each settle completes the snapshot of the current day (during a fast backfill,
-days the scorer never settled on have the touched areas only).
+``priority_status.settled`` says when every row is exact. History: every written row is also
+the snapshot of its event-time day; each settle completes the snapshot of the current day
+(during a fast backfill, days the scorer never settled on have the touched areas only).
 """
 
 from __future__ import annotations
@@ -86,9 +86,10 @@ DRIFT_SPACING = 10.0
 #: waits without the lock, see ``Scorer._room``)...
 MAX_QUEUED_WRITES = 4
 #: ...and before a batch does (under the lock: every batch behind it waits). A batch queues one
-#: write per ranking, a few a second, so this covers PostgreSQL pausing for several seconds (a
-#: WAL fsync behind the kernel flushing Kafka's writes: seen as 1.4-1.9 s live stalls with the
-#: scorer idle); beyond it, a PostgreSQL that is away holds the batches back.
+#: write per ranking, a few a second, so this covers PostgreSQL pausing for several seconds
+#: (e.g. a WAL fsync behind the kernel flushing Kafka's writes); beyond it, a PostgreSQL that
+#: is away holds the batches back. (The 1.4-1.9 s live stalls first blamed on such pauses were
+#: Faust's fetch wait, see ``streams.faustfix``.)
 MAX_QUEUED_BATCH_WRITES = 32
 #: A row write, a changelog write or a batch's wait for the lock taking longer than this is
 #: logged (``streams.scorer_write_slow``, ``..._changelog_slow``, ``..._batch_waiting``).

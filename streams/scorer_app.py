@@ -102,12 +102,9 @@ def create_scorer_app(settings: Settings, datadir: Path | None = None) -> tuple[
         await scorer.on_batch([_summary(line) for _, line in latest.values()])
         started = time.monotonic()
         await writer.write([(events[-1], c, line) for c, (_, line) in latest.items()])
-        if time.monotonic() - started > SLOW_SECONDS:
-            log.warning(
-                "streams.scorer_changelog_slow",
-                seconds=round(time.monotonic() - started, 3),
-                cells=len(latest),
-            )
+        took = time.monotonic() - started
+        if took > SLOW_SECONDS:
+            log.warning("streams.scorer_changelog_slow", seconds=round(took, 3), cells=len(latest))
 
     @app.agent(summaries, name="scorer")
     async def score(stream: Any) -> None:

@@ -100,13 +100,13 @@ class FaultStack:
     def start_kafka(self) -> None:
         """Start the broker; a broker that exits at start-up is started again (twice at most).
 
-        Why: in 2 of 8 CI runs a freshly started broker exited within seconds with nothing
-        in its logs (no crash file, no OOM kill; 12 of 12 starts in a loop outside the suite
-        worked), and once (session 6) twice in a row. Its logs were empty because the broker's
-        SLF4J calls went nowhere (fixed in ``infra/kafka/pom.xml``): a next occurrence names
-        its reason in ``server.log``, which the failure message quotes. The broker's start-up
-        is not what these tests examine; each failure is kept in ``events`` and beside the logs
-        (``kafka.out.failed``, ``server.log.failed``)."""
+        Why: in some runs a restarted broker exited within seconds. Its logs were empty then
+        (its SLF4J calls went nowhere; fixed in ``infra/kafka/pom.xml``); once they worked,
+        the reason was "Address already in use": the suite ran on ports inside the kernel's
+        ephemeral range, and an outgoing connection had taken the broker's port while it was
+        down (``infra/ports.sh`` warns of such ports; the defaults are below the range). The
+        broker's start-up is not what these tests examine; each failure is kept in ``events``
+        and beside the logs (``kafka.out.failed``, ``server.log.failed``)."""
         for attempt in (1, 2, 3):
             self._script("kafka.sh", "start")
             try:

@@ -4,6 +4,7 @@ Kafka and PostgreSQL, wait for it, read what it wrote."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import dataclasses
 import json
@@ -14,7 +15,7 @@ import sys
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,44 @@ class Worker:
                 self.proc.kill()
                 self.proc.wait(10)
         self.log.close()
+
+
+def proc_stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (0: state, 11/12: user and
+    system CPU ticks, 16: nice); None once the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return None
+
+
+def proc_children(pid: int) -> list[int]:
+    """The pids of ``pid``'s children (any of its threads may have started them)."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except FileNotFoundError:
+        return []
+    out: list[int] = []
+    for task in tasks:
+        with contextlib.suppress(FileNotFoundError):
+            out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def child_roles(parent: int, exclude: Collection[int] = ()) -> dict[str, int]:
+    """{role: pid} of ``parent``'s children started with ``--role`` (a child between fork and
+    exec still shows the parent's command line: it is left out until it has its own)."""
+    out: dict[str, int] = {}
+    for pid in proc_children(parent):
+        if pid in exclude:
+            continue
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\x00")
+        except FileNotFoundError:
+            continue
+        if b"--role" in args[:-1]:
+            out[args[args.index(b"--role") + 1].decode()] = pid
+    return out
 
 
 async def new_database(settings: Settings) -> Settings:

@@ -8,7 +8,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,7 @@ from lpt.settings import Settings
 from schemas.topics import CRIME, NOTIFICATIONS_REQUESTED, SETUPS
 from streams import watchdog as wd
 from streams.cli import group_lag, stream_groups
-from tests.streams_helpers import Worker
+from tests.streams_helpers import Worker, child_roles, proc_stat
 
 
 class Recording(wd.StuckPartitionWatchdog):
@@ -140,26 +140,14 @@ async def test_stream_input_lag_counts_only_the_topics_the_stream_reads(
         await producer.stop()
 
 
-def _children(pid: int) -> list[int]:
-    out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        out += [int(c) for c in (task / "children").read_text().split()]
-    return out
-
-
 def _nice(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
-    except FileNotFoundError:
-        return None
+    fields = proc_stat(pid)
+    return None if fields is None else int(fields[16])
 
 
 def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
+    fields = proc_stat(pid)
+    return fields is not None and fields[0] != "Z"
 
 
 async def _until(check: Callable[[], bool], what: str, timeout: float = 60) -> None:
@@ -167,22 +155,6 @@ async def _until(check: Callable[[], bool], what: str, timeout: float = 60) -> N
     while not check():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.2)
-
-
-def _roles(parent: int, exclude: Collection[int] = ()) -> dict[str, int]:
-    """{role: pid} of ``parent``'s children started with ``--role`` (a child between fork and
-    exec still shows the parent's command line: it is left out until it has its own)."""
-    out: dict[str, int] = {}
-    for pid in _children(parent):
-        if pid in exclude:
-            continue
-        try:
-            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\x00")
-        except FileNotFoundError:
-            continue
-        if b"--role" in args[:-1]:
-            out[args[args.index(b"--role") + 1].decode()] = pid
-    return out
 
 
 async def test_the_child_processes_are_restarted_and_die_with_their_worker(
@@ -195,8 +167,8 @@ async def test_the_child_processes_are_restarted_and_die_with_their_worker(
     worker = Worker(isolated_settings, tmp_path / "home")
     roles = {"input", "scorer"}
     try:
-        await _until(lambda: set(_roles(worker.proc.pid)) == roles, "the two child processes")
-        first = _roles(worker.proc.pid)
+        await _until(lambda: set(child_roles(worker.proc.pid)) == roles, "the two child processes")
+        first = child_roles(worker.proc.pid)
         base = _nice(worker.proc.pid)
         assert base is not None
         expected = base + isolated_settings.stream_child_nice
@@ -208,10 +180,10 @@ async def test_the_child_processes_are_restarted_and_die_with_their_worker(
         for pid in first.values():
             os.kill(pid, signal.SIGKILL)
         await _until(
-            lambda: set(_roles(worker.proc.pid, first.values())) == roles,
+            lambda: set(child_roles(worker.proc.pid, first.values())) == roles,
             "two new child processes",
         )
-        second = _roles(worker.proc.pid, first.values())
+        second = child_roles(worker.proc.pid, first.values())
         assert worker.proc.poll() is None, worker.tail()
         worker.kill()
         await _until(
