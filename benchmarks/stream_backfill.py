@@ -412,6 +412,41 @@ async def flow_gaps(
     return out
 
 
+async def records_per_event(settings: Settings, events: int) -> dict[str, float]:
+    """Messages each internal topic and changelog holds per input event, and PostgreSQL rows
+    written per event: the pipeline's write amplification, which sets most of its CPU."""
+    ident = settings.stream_app_id or f"{settings.topic_prefix}streams"
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    await admin.start()
+    try:
+        names = [t for t in await admin.list_topics() if t.startswith(ident)]
+        layout = await partitions_of(admin, names)
+    finally:
+        await admin.close()
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets(
+            [TopicPartition(t, p) for t, ps in layout.items() for p in ps]
+        )
+    finally:
+        await consumer.stop()
+    out: dict[str, float] = {}
+    for tp, end in ends.items():
+        name = tp.topic.removeprefix(ident + "-")
+        out[name] = out.get(name, 0.0) + end / events
+    conn = await asyncpg.connect(settings.dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT relname, n_tup_ins + n_tup_upd AS n FROM pg_stat_user_tables"
+            " WHERE relname IN ('priority_areas', 'priority_history')"
+        )
+    finally:
+        await conn.close()
+    out.update({f"pg.{r['relname']}": r["n"] / events for r in rows})
+    return {k: round(v, 3) for k, v in sorted(out.items()) if v}
+
+
 async def drop_topics(settings: Settings, prefix: str) -> None:
     """The run's topics (inputs, internal, changelogs): thousands of leftover partitions slow
     every later broker start."""
@@ -607,6 +642,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             for k, v in totals.items()
             if k.startswith("gc")
         }
+        out["backfill_records_per_event"] = await records_per_event(settings, args.events)
         conn = await asyncpg.connect(settings.dsn)
         try:
             out["cells_res9"] = await conn.fetchval(
@@ -618,7 +654,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             f"stream backfill (topic -> tables -> PostgreSQL, one worker): {rate:,.0f} events/s "
             f"({elapsed:.1f} s incl. start-up; {rate / raw:.1%} of raw; {rate / naive:.1f}x naive;"
             f" no lag after s: {caught_up}; GC s, count: {out['backfill_gc']}; CPU s:"
-            f" {out['backfill_cpu_s']}, {out['backfill_cpu_us_per_event']} us/event in all)",
+            f" {out['backfill_cpu_s']}, {out['backfill_cpu_us_per_event']} us/event in all;"
+            f" records per event: {out['backfill_records_per_event']})",
             flush=True,
         )
         if args.live_seconds > 0:

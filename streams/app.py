@@ -24,9 +24,9 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import faust
 from aiokafka import TopicPartition
@@ -39,10 +39,12 @@ from lpt.settings import Settings
 from streams import faustfix
 from streams.faustio import TableWriter
 from streams.gcpause import collector_held
-from streams.stages import CellStage, LedgerStage
+from streams.stages import CellStage, LedgerStage, pause_after
 from streams.watchdog import CHECK_SECONDS, StuckPartitionWatchdog
 
 log = get_logger(__name__)
+
+T = TypeVar("T")
 
 #: Messages per batch and the longest wait for a batch to fill (seconds). Internal messages
 #: carry hundreds of items each; live, a short wait keeps the latency low. (Short waits made
@@ -198,15 +200,18 @@ def create_app(settings: Settings, datadir: Path | None = None) -> faust.App:
     @app.agent(deltas, name="cells")
     async def cell_agent(stream: Any) -> None:
         async for events in stream.take_events(INTERNAL_BATCH, within=WITHIN):
-            await guard(cell_stage.process(events), "cells", events)
+            deltas = await guard(cell_stage.process(events), "cells", events)
+            pause = pause_after(deltas)
+            if pause:
+                await asyncio.sleep(pause)  # after guard: the batch is done, only its ack waits
 
     watch_stuck_partitions(app, settings, [names["entities"], names["deltas"]])
     return app
 
 
-async def guard(work: Any, what: str, events: Sequence[Any] = ()) -> None:
-    """Run one stage's batch, timed (``lpt_stream_stage_delay_seconds`` is how long its oldest
-    message waited, ``lpt_processing_seconds`` how long the batch took).
+async def guard(work: Awaitable[T], what: str, events: Sequence[Any] = ()) -> T:
+    """Run one stage's batch and return its result, timed (``lpt_stream_stage_delay_seconds``
+    is how long its oldest message waited, ``lpt_processing_seconds`` how long the batch took).
 
     An unexpected failure must not let Faust acknowledge (and commit) the batch: log it and
     stop the process at once, so the batch is processed again after a restart."""
@@ -216,8 +221,7 @@ async def guard(work: Any, what: str, events: Sequence[Any] = ()) -> None:
         STAGE_DELAY_SECONDS.labels(stage=what).observe(max(0.0, started - oldest))
     try:
         with collector_held():
-            await work
-        PROCESSING_SECONDS.labels(group=what).observe(time.time() - started)
+            result = await work
     except asyncio.CancelledError:
         # Faust's take_events acks a batch in a ``finally``, so a batch cancelled half-way
         # (shutdown, agent restart) would be committed as if processed. Die instead: a restart
@@ -229,6 +233,9 @@ async def guard(work: Any, what: str, events: Sequence[Any] = ()) -> None:
     except Exception:
         log.exception("streams.stage_failed", stage=what)
         os.kill(os.getpid(), signal.SIGKILL)
+        raise  # not reached
+    PROCESSING_SECONDS.labels(group=what).observe(time.time() - started)
+    return result
 
 
 async def ensure_internal_topics(settings: Settings) -> None:
