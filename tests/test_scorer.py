@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -89,6 +90,38 @@ async def test_decay_only_rows_wait_for_the_drift_spacing_then_settle(
         # The pass took time, so the next one may not start at once.
         assert scorer.next_drift > 0.0
         assert scorer.drift_cost == 0.0
+    finally:
+        await scorer.close()
+
+
+async def test_after_a_bulk_ranking_a_pause_must_be_longer_to_count_as_quiet(
+    isolated_settings: Settings,
+) -> None:
+    """In a backfill the cells stage pauses between its big batches (``CATCH_UP_PAUSE``). After
+    a bulk ranking (here a third of the cells changed) such a pause is not yet quiet: the
+    deferred rows wait for ``BULK_SPACING`` times the quiet (and idle) time, so a backfill does
+    not rewrite them at every gap; then the scorer settles as usual."""
+    settings = isolated_settings
+    scorer = sc.Scorer(settings, _no_publish)
+    try:
+        await scorer.activate((c, 1, _state(c, 0)) for c in CELLS)
+        await _settle(scorer)
+        assert (await _as_of(settings))["settled"] is True
+
+        await scorer.on_batch([(CELLS[0], 2, _state(CELLS[0], 0, 1))])
+        assert scorer.spacing == sc.BULK_SPACING
+        # Quiet and idle by the live thresholds, not by the bulk ones.
+        scorer.last_batch = time.monotonic() - max(sc.QUIET_SECONDS, sc.IDLE_SECONDS)
+        await _settle(scorer)
+        paused = await _as_of(settings)
+        assert paused["settled"] is False
+        assert paused[CELLS[1]] == paused[CELLS[2]] == datetime.fromtimestamp(T0, UTC)
+
+        scorer.last_batch = time.monotonic() - sc.BULK_SPACING * sc.IDLE_SECONDS - 0.1
+        await _settle(scorer)
+        quiet = await _as_of(settings)
+        assert quiet["settled"] is True
+        assert {quiet[c] for c in CELLS} == {datetime.fromtimestamp(T0 + DAY, UTC)}
     finally:
         await scorer.close()
 
