@@ -73,6 +73,7 @@ from lpt.scratch import drop_database  # noqa: E402
 from lpt.settings import Settings, get_settings  # noqa: E402
 from schemas.registry import TopicDecoder  # noqa: E402
 from schemas.topics import CRIME, OFFICER_ALERTS, PRIORITY_CHANGED  # noqa: E402
+from streams.app import app_id  # noqa: E402
 from streams.cli import LagProbe, stream_groups  # noqa: E402
 from tests.streams_helpers import (  # noqa: E402
     Worker,
@@ -332,7 +333,7 @@ async def live_latency(
         await changed.stop()
     timeline = sorted((sent[c], (seen[c] - sent[c]) * 1000) for c in sent if c in seen)
     lat = sorted(ms for _, ms in timeline)
-    ident = settings.stream_app_id or f"{settings.topic_prefix}streams"
+    ident = app_id(settings)
     internal = [f"{ident}-{n}" for n in ("entities", "deltas", "summaries")]
     changelogs = [f"{ident}-{n}-changelog" for n in ("incidents", "cells")]
     path = [topic, *internal, *changelogs, topic_name(OFFICER_ALERTS, settings)]
@@ -415,7 +416,7 @@ async def flow_gaps(
 async def records_per_event(settings: Settings, events: int) -> dict[str, float]:
     """Messages each internal topic and changelog holds per input event, and PostgreSQL rows
     written per event: the pipeline's write amplification, which sets most of its CPU."""
-    ident = settings.stream_app_id or f"{settings.topic_prefix}streams"
+    ident = app_id(settings)
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
     await admin.start()
     try:
