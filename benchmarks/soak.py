@@ -631,7 +631,7 @@ async def partition_lags(settings: Settings) -> dict[str, dict[str, int]]:
 
     A group's partitions are those it has committed; the stream input group's are every
     partition of the topics it reads (``streams.source.INPUT_SPECS``), committed or not (an
-    unread partition is all lag). Not ``streams.cli.group_lag``: that one counts the stream
+    unread partition is all lag). Not ``streams.lag.group_lag``: that one counts the stream
     input group against ``schemas.topics.INPUT_TOPICS``, which also holds
     ``setups.lifecycle`` and ``notifications.requested`` (topics the group never reads), so
     one set-up or notification request is lag that never drains."""

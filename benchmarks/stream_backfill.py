@@ -74,7 +74,7 @@ from lpt.settings import Settings, get_settings  # noqa: E402
 from schemas.registry import TopicDecoder  # noqa: E402
 from schemas.topics import CRIME, OFFICER_ALERTS, PRIORITY_CHANGED  # noqa: E402
 from streams.app import app_id  # noqa: E402
-from streams.cli import LagProbe, stream_groups  # noqa: E402
+from streams.lag import LagProbe, stream_groups  # noqa: E402
 from tests.streams_helpers import (  # noqa: E402
     Worker,
     child_roles,

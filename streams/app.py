@@ -39,7 +39,7 @@ from lpt.settings import Settings
 from streams import faustfix
 from streams.faustio import TableWriter
 from streams.gcpause import collector_held
-from streams.stages import CellStage, LedgerStage, pause_after
+from streams.stages import CellStage, LedgerStage, catch_up
 from streams.watchdog import CHECK_SECONDS, StuckPartitionWatchdog
 
 log = get_logger(__name__)
@@ -52,6 +52,9 @@ T = TypeVar("T")
 #: ``stages.InputOrder``, which the fault tests exercise at this setting.)
 INTERNAL_BATCH = 200
 WITHIN = 0.01
+#: The cells stage takes bigger batches: after waiting for the ledger to catch up
+#: (``stages.catch_up``) it should take everything the ledger sent meanwhile in one batch.
+CELLS_BATCH = 1_000
 
 
 #: Per RocksDB database (one per table partition: 25 with 6 partitions). Faust's defaults
@@ -66,6 +69,11 @@ ROCKSDB_OPTIONS = {
 
 def app_id(settings: Settings) -> str:
     return settings.stream_app_id or f"{settings.topic_prefix}streams"
+
+
+def scorer_app_id(settings: Settings) -> str:
+    """The scorer process's app id and consumer group (``streams.scorer_app``)."""
+    return f"{app_id(settings)}-scorer"
 
 
 def internal_topics(settings: Settings) -> dict[str, str]:
@@ -199,11 +207,10 @@ def create_app(settings: Settings, datadir: Path | None = None) -> faust.App:
 
     @app.agent(deltas, name="cells")
     async def cell_agent(stream: Any) -> None:
-        async for events in stream.take_events(INTERNAL_BATCH, within=WITHIN):
+        async for events in stream.take_events(CELLS_BATCH, within=WITHIN):
             deltas = await guard(cell_stage.process(events), "cells", events)
-            pause = pause_after(deltas)
-            if pause:
-                await asyncio.sleep(pause)  # after guard: the batch is done, only its ack waits
+            # After guard: the batch is done, only its acknowledgement waits.
+            await catch_up(ledger_stage, deltas)
 
     watch_stuck_partitions(app, settings, [names["entities"], names["deltas"]])
     return app

@@ -11,15 +11,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from lpt.kafka import partitions_of, topic_name
 from lpt.settings import Settings, get_settings
-from streams.app import app_id, internal_topics
-from streams.scorer_app import scorer_app_id
-from streams.source import INPUT_SPECS, input_group
+from streams.lag import LagProbe, group_lag
 
 LEVEL_OF_RES = {9: "res9", 8: "res8", 7: "res7"}
 
@@ -82,95 +77,6 @@ def cells(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- wait-idle
-
-
-def stream_groups(settings: Settings) -> list[str]:
-    """The stream worker's consumer groups in pipeline order: input, stages, scorer."""
-    ident = app_id(settings)
-    return [input_group(ident), ident, scorer_app_id(settings)]
-
-
-class LagProbe:
-    """Kafka clients kept open across lag checks (a waiting loop that opened new clients on
-    every check cost a noticeable share of a core on a small machine)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
-
-    async def __aenter__(self) -> LagProbe:
-        await self.admin.start()
-        try:
-            await self.consumer.start()
-        except BaseException:
-            await self.admin.close()
-            raise
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        await self.consumer.stop()
-        await self.admin.close()
-
-    async def lags(self, only: Sequence[str] | None = None) -> dict[str, int]:
-        """See :func:`group_lag`."""
-        settings, admin, consumer = self.settings, self.admin, self.consumer
-        ordered = stream_groups(settings)
-        stream_group = ordered[1]
-        if only is not None:
-            mine = list(only)
-        else:
-            groups = sorted(
-                g[0] if isinstance(g, tuple) else g.group_id
-                for g in await admin.list_consumer_groups()
-            )
-            mine = ordered + [
-                g
-                for g in groups
-                if (g.startswith(settings.topic_prefix) or g.startswith(stream_group))
-                and g not in ordered
-            ]
-        internal = internal_topics(settings)
-        pipeline = {
-            ordered[0]: [topic_name(t, settings) for t in INPUT_SPECS],
-            stream_group: [internal["entities"], internal["deltas"]],
-            ordered[2]: [internal["summaries"]],
-        }
-        existing: set[str] | None = None
-        lags: dict[str, int] = {}
-        for group in mine:
-            committed = await admin.list_consumer_group_offsets(group)
-            topics = list(dict.fromkeys(tp.topic for tp in committed))
-            if group in pipeline:
-                # Every topic of the stage, read or not yet (an unread topic is all lag).
-                if existing is None:
-                    existing = set(await admin.list_topics())
-                stage_topics = pipeline[group]
-                topics = [t for t in stage_topics if t in existing] + [
-                    t for t in topics if t not in stage_topics
-                ]
-            partitions = await partitions_of(admin, topics)
-            tps = [TopicPartition(t, p) for t in topics for p in partitions.get(t, [])]
-            if not tps:
-                lags[group] = 0
-                continue
-            ends = await consumer.end_offsets(tps)
-            starts = await consumer.beginning_offsets(tps)
-            lag = 0
-            for tp in tps:
-                meta = committed.get(tp)
-                done = meta.offset if meta is not None and meta.offset >= 0 else starts[tp]
-                lag += max(0, ends[tp] - done)
-            lags[group] = lag
-        return lags
-
-
-async def group_lag(settings: Settings, only: Sequence[str] | None = None) -> dict[str, int]:
-    """Messages not yet committed per consumer group of this deployment (topic prefix), or of
-    the groups named in ``only``. The stream group's topics are checked in pipeline order, so
-    "all zero" cannot miss a message moving from one stage to the next during the check."""
-    async with LagProbe(settings) as probe:
-        return await probe.lags(only)
 
 
 async def scorer_settled(settings: Settings, conn: asyncpg.Connection | None = None) -> bool:

@@ -12,9 +12,9 @@ since the last one (every ``FRESH_EVERY`` at most) and every area whose priority
 announced. The small rank shifts every change causes elsewhere,
 the coarse levels and the decay of untouched areas to the new ``as_of`` are written by the
 settle timer, in small chunks between batches (so live latency stays low), once input pauses
-for ``QUIET_SECONDS`` or at least every ``SETTLE_EVERY`` seconds (decay-only rows: after
-``IDLE_SECONDS``, and at most once per ``DRIFT_SPACING`` times their last pass's cost; both
-pauses ``BULK_SPACING`` times longer during a bulk load).
+for ``QUIET_SECONDS`` with no backlog left upstream, or at least every ``SETTLE_EVERY`` seconds
+(decay-only rows: after ``IDLE_SECONDS``, and at most once per ``DRIFT_SPACING`` times their
+last pass's cost).
 ``priority_status.settled`` says when every row is exact. History: every written row is also
 the snapshot of its event-time day; each settle completes the snapshot of the current day
 (during a fast backfill, days the scorer never settled on have the touched areas only).
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -103,14 +104,16 @@ COMPUTE_SPACING = 3.0
 #: is part of a bulk load (a backfill, a replay; live, a ranking sees a few hundred cells at
 #: most): rankings and fresh rows are then spaced ``BULK_SPACING`` times further apart, so the
 #: scorer leaves the CPU to the stages that feed it (measured: 74% of a core in a backfill,
-#: with the stages on the critical path), and a pause in input counts as quiet (settle) or
-#: idle (decay) only when ``BULK_SPACING`` times longer: in a backfill the cells stage pauses
-#: between its big batches (``stages.CATCH_UP_PAUSE``), and at 1 s each of those gaps had the
-#: scorer rewrite every row it had deferred (PostgreSQL rows per event 0.04 -> 0.06).
+#: with the stages on the critical path).
 BULK_SHARE = 0.25
 BULK_SPACING = 3.0
 
+#: While input pauses, the stages upstream are asked at most this often (seconds) whether
+#: they still hold a backlog (``upstream_busy``).
+UPSTREAM_CHECK_SECONDS = 0.5
+
 Publish = Callable[[Sequence[Envelope]], Awaitable[None]]
+UpstreamBusy = Callable[[], Awaitable[bool]]
 Summary = tuple[str, int, CellState]
 
 
@@ -144,10 +147,25 @@ class TracedLock(asyncio.Lock):
         return chain
 
 
+async def _never_busy() -> bool:
+    return False
+
+
 class Scorer:
-    def __init__(self, settings: Settings, publish: Publish) -> None:
+    """``upstream_busy``: whether the stages feeding the scorer still hold a backlog. A pause
+    in input counts as quiet (settle the deferred rows) or idle (decay them) only when it says
+    no: in a backfill the cells stage waits seconds between its big batches
+    (``stages.catch_up``), and the scorer rewriting every deferred row at each such gap took
+    the CPU the backfill needed (PostgreSQL rows per event 0.04 -> 0.06 at 1 s gaps)."""
+
+    def __init__(
+        self, settings: Settings, publish: Publish, upstream_busy: UpstreamBusy = _never_busy
+    ) -> None:
         self.settings = settings
         self.publish = publish
+        self.upstream_busy = upstream_busy
+        #: (when upstream was last asked, its answer)
+        self._upstream: tuple[float, bool] = (-math.inf, False)
         self.model: PriorityModel | None = None
         self.pool: asyncpg.Pool | None = None
         self.written: dict[tuple[str, str], tuple[float, int, bool, float]] = {}
@@ -350,7 +368,7 @@ class Scorer:
             async with self.lock:
                 if self.compute_due and self.model is not None:
                     await self._recompute()
-        quiet = time.monotonic() - self.last_batch >= QUIET_SECONDS * self.spacing
+        quiet = await self._paused_for() >= QUIET_SECONDS
         if self.fresh and (quiet or time.monotonic() >= self.next_fresh):
             started = time.monotonic()
             while self.fresh and self.model is not None:
@@ -363,15 +381,27 @@ class Scorer:
         while await self._settle_step():
             await asyncio.sleep(0)
 
+    async def _paused_for(self) -> float:
+        """Seconds since the last batch, or 0 while the stages upstream still hold a backlog
+        (asked at most every ``UPSTREAM_CHECK_SECONDS``, and only once input has paused)."""
+        paused = time.monotonic() - self.last_batch
+        if paused < QUIET_SECONDS:
+            return paused
+        asked, busy = self._upstream
+        if time.monotonic() - asked >= UPSTREAM_CHECK_SECONDS:
+            busy = await self.upstream_busy()
+            self._upstream = (time.monotonic(), busy)
+        return 0.0 if busy else paused
+
     async def _settle_step(self) -> bool:
         """One settle chunk; True while there is more to settle now."""
         if not self.unsettled or self.model is None or self.tables is None:
             return False
         if self.fresh or self.compute_due:  # those go first (``tick``)
             return False
-        idle_for = time.monotonic() - self.last_batch
+        idle_for = await self._paused_for()
         overdue = time.monotonic() - self.last_settle >= SETTLE_EVERY
-        if not (idle_for >= QUIET_SECONDS * self.spacing or overdue) or self.lock.locked():
+        if not (idle_for >= QUIET_SECONDS or overdue) or self.lock.locked():
             return False
         await self._room()
         async with self.lock:
@@ -383,7 +413,7 @@ class Scorer:
                 self._pending = (tables, sorted(material_set), sorted(drift_set))
             _, material, drift = self._pending
             wanted, drifting = material, False
-            if not wanted and (idle_for >= IDLE_SECONDS * self.spacing or overdue):
+            if not wanted and (idle_for >= IDLE_SECONDS or overdue):
                 drifting = time.monotonic() >= self.next_drift
                 wanted = drift if drifting else []
             started = time.monotonic()

@@ -29,17 +29,18 @@ from schemas.envelope import Envelope
 from schemas.registry import encode
 from schemas.topics import OFFICER_ALERTS, PRIORITY_CHANGED, event_key, topic_for
 from streams.app import (
-    app_id,
     bytes_table,
     faust_app,
     guard,
     internal_topics,
     raw_schema,
+    scorer_app_id,
     serve_metrics,
     settled_assignment,
     watch_stuck_partitions,
 )
 from streams.faustio import TableWriter, send_all
+from streams.lag import UpstreamProbe
 from streams.scorer import SLOW_SECONDS, Scorer, Summary
 from streams.scoring.cellstate import decode_state, summary_head, thaw
 
@@ -50,10 +51,6 @@ log = get_logger(__name__)
 #: a short wait is enough to batch them under load.
 SUMMARY_BATCH = 200
 SCORER_WITHIN = 0.02
-
-
-def scorer_app_id(settings: Settings) -> str:
-    return f"{app_id(settings)}-scorer"
 
 
 def create_scorer_app(settings: Settings, datadir: Path | None = None) -> tuple[faust.App, Scorer]:
@@ -76,7 +73,8 @@ def create_scorer_app(settings: Settings, datadir: Path | None = None) -> tuple[
             pending.append(await topic.send(key=event_key(event), value=encode(event)))
         await send_all(pending)
 
-    scorer = Scorer(settings, publish)
+    upstream = UpstreamProbe(settings)
+    scorer = Scorer(settings, publish, upstream.busy)
     serve_metrics(app, settings, "scorer")
     activation = asyncio.Lock()
 
@@ -128,6 +126,7 @@ def create_scorer_app(settings: Settings, datadir: Path | None = None) -> tuple[
     async def on_shutdown(app: Any, **_: Any) -> None:
         scorer.deactivate()
         await scorer.close()
+        await upstream.close()
 
     app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
     app.on_before_shutdown.connect(on_shutdown)  # type: ignore[arg-type]

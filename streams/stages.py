@@ -24,6 +24,8 @@ from the committed offset (``streams.faustfix`` keeps commits from passing the s
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -118,8 +120,24 @@ class LedgerStage:
         self.order = InputOrder(tables["incidents"], "entities")
         #: ``deltas`` partition per cell (a force has a few tens of thousands of cells).
         self.partition_of: dict[str, int] = {}
+        #: Batches in progress, and when the last one ended (see :meth:`producing`).
+        self.running = 0
+        self.last_end = -float("inf")
+
+    def producing(self, within: float) -> bool:
+        """True while a batch is in progress or one ended less than ``within`` seconds ago:
+        the stage still has input to turn into deltas."""
+        return self.running > 0 or time.monotonic() - self.last_end < within
 
     async def process(self, events: list[Any]) -> None:
+        self.running += 1
+        try:
+            await self._process(events)
+        finally:
+            self.running -= 1
+            self.last_end = time.monotonic()
+
+    async def _process(self, events: list[Any]) -> None:
         checked = self.order.check(events)
         entries: dict[tuple[str, str], Any] = {}
         dirty: dict[tuple[str, str], Any] = {}  # key -> event of the key's partition
@@ -178,19 +196,29 @@ class LedgerStage:
 
 
 #: A cells batch of at least this many deltas comes from a backlog (a backfill, a replay, a
-#: burst; live, a batch holds tens): the cells stage then pauses before taking the next one.
+#: burst; live, a batch holds tens): the cells stage then waits for the ledger to catch up
+#: before taking the next one (:func:`catch_up`).
 BACKLOG_DELTAS = 5_000
-#: How long (seconds). Why pause: a cell's whole state is encoded, changelogged, sent to the
-#: scorer and merged there once per batch that touches it, however many deltas it took; during
-#: the pause the ledger (same process) fills the next batch, so each state is written after
-#: more deltas. Measured (1M-event backfill, ``benchmarks/stream_backfill.py``): cell states
-#: written per event 0.16-0.18 -> 0.10, CPU per event -9%.
-CATCH_UP_PAUSE = 0.5
+#: The longest such wait (seconds), and how recently the ledger must have ended a batch to
+#: count as still producing. Why wait: a cell's whole state is encoded, changelogged, sent to
+#: the scorer, decoded and merged there once per batch that touches it, however many deltas
+#: it took (~0.2 ms of CPU per state in all, measured with ``benchmarks/stream_backfill.py``);
+#: while the cells stage waits, the ledger (same process, same core) fills the next batch, so
+#: each state is written after more deltas. The wait ends as soon as the ledger has nothing
+#: left, so the end of a backlog is not delayed; live batches never wait.
+CATCH_UP_LONGEST = 3.0
+LEDGER_IDLE = 0.05
 
 
-def pause_after(deltas: int) -> float:
-    """Seconds the cells stage waits after a batch of ``deltas`` deltas (see above)."""
-    return CATCH_UP_PAUSE if deltas >= BACKLOG_DELTAS else 0.0
+async def catch_up(ledger: LedgerStage, deltas: int) -> float:
+    """After a cells batch of ``deltas`` deltas: if it came from a backlog, wait while the
+    ledger keeps producing (at most ``CATCH_UP_LONGEST``). Returns the seconds waited."""
+    if deltas < BACKLOG_DELTAS:
+        return 0.0
+    started = time.monotonic()
+    while ledger.producing(LEDGER_IDLE) and time.monotonic() - started < CATCH_UP_LONGEST:
+        await asyncio.sleep(LEDGER_IDLE)
+    return time.monotonic() - started
 
 
 class CellStage:

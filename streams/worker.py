@@ -45,8 +45,14 @@ from lpt.logs import get_logger
 from lpt.metrics import GC_PAUSE_SECONDS
 from lpt.metrics_server import worker_metrics
 from lpt.settings import Settings, get_settings
-from streams.app import app_id, create_app, ensure_internal_topics, internal_topics
-from streams.scorer_app import create_scorer_app, scorer_app_id
+from streams.app import (
+    app_id,
+    create_app,
+    ensure_internal_topics,
+    internal_topics,
+    scorer_app_id,
+)
+from streams.scorer_app import create_scorer_app
 from streams.source import InputSource
 
 log = get_logger(__name__)

@@ -32,7 +32,8 @@ from lpt.db import migrate, wait_for_postgres
 from lpt.kafka import RawMessage, ensure_topics, make_producer, publish_raw, wait_for_kafka
 from lpt.scratch import delete_topics, drop_database
 from lpt.settings import Settings, get_settings
-from streams.cli import group_lag, stream_groups, wait_until_idle
+from streams.cli import wait_until_idle
+from streams.lag import group_lag, stream_groups
 from tests.streams_helpers import Worker
 
 ROOT = Path(__file__).resolve().parent.parent

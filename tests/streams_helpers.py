@@ -26,13 +26,8 @@ import h3
 from lpt.geo import ForceArea
 from lpt.scratch import create_database
 from lpt.settings import Settings
-from streams.cli import (
-    fetch_cells,
-    group_lag,
-    scorer_settled,
-    stream_groups,
-    wait_until_idle,
-)
+from streams.cli import fetch_cells, scorer_settled, wait_until_idle
+from streams.lag import group_lag, stream_groups
 
 ROOT = Path(__file__).resolve().parent.parent
 

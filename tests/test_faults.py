@@ -55,7 +55,8 @@ from schemas.envelope import Envelope
 from schemas.registry import encode
 from schemas.residents import ResidentRegistered
 from schemas.topics import CRIME, DOORKNOCKS, RESIDENTS, SURVEYS, TopicSpec, event_key
-from streams.cli import scorer_settled, stream_groups
+from streams.cli import scorer_settled
+from streams.lag import stream_groups
 from tests.faults_helpers import (
     FaultStack,
     LiveProducer,

@@ -31,7 +31,7 @@ from api.ops.lag import REUSE_S
 from api.ops.views import REFRESH_SECONDS
 from lpt.settings import Settings
 from producers.police_uk import import_files
-from streams.cli import stream_groups
+from streams.lag import stream_groups
 from tests.streams_helpers import Worker, wait_idle
 from tests.test_officer_browser import ARGS, CHROMIUM
 from tests.test_officer_support import PASSWORD, officer_settings, served

@@ -94,30 +94,36 @@ async def test_decay_only_rows_wait_for_the_drift_spacing_then_settle(
         await scorer.close()
 
 
-async def test_after_a_bulk_ranking_a_pause_must_be_longer_to_count_as_quiet(
-    isolated_settings: Settings,
+async def test_a_pause_counts_as_quiet_only_once_the_stages_upstream_have_drained(
+    isolated_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """In a backfill the cells stage pauses between its big batches (``CATCH_UP_PAUSE``). After
-    a bulk ranking (here a third of the cells changed) such a pause is not yet quiet: the
-    deferred rows wait for ``BULK_SPACING`` times the quiet (and idle) time, so a backfill does
-    not rewrite them at every gap; then the scorer settles as usual."""
+    """In a backfill the cells stage waits seconds between its big batches
+    (``stages.catch_up``): such a gap, with the stages still holding a backlog, is not quiet,
+    so the scorer does not rewrite its deferred rows at every gap. Once upstream has drained,
+    the same pause settles every row as usual. Upstream is asked only after input paused, and
+    not at every settle step."""
     settings = isolated_settings
-    scorer = sc.Scorer(settings, _no_publish)
+    monkeypatch.setattr(sc, "UPSTREAM_CHECK_SECONDS", 0.0)
+    backlog = {"busy": True, "asked": 0}
+
+    async def upstream_busy() -> bool:
+        backlog["asked"] += 1
+        return bool(backlog["busy"])
+
+    scorer = sc.Scorer(settings, _no_publish, upstream_busy)
     try:
         await scorer.activate((c, 1, _state(c, 0)) for c in CELLS)
-        await _settle(scorer)
-        assert (await _as_of(settings))["settled"] is True
-
         await scorer.on_batch([(CELLS[0], 2, _state(CELLS[0], 0, 1))])
-        assert scorer.spacing == sc.BULK_SPACING
-        # Quiet and idle by the live thresholds, not by the bulk ones.
-        scorer.last_batch = time.monotonic() - max(sc.QUIET_SECONDS, sc.IDLE_SECONDS)
         await _settle(scorer)
+        assert backlog["asked"] == 0  # input has not paused yet: nobody asked
+        scorer.last_batch = time.monotonic() - max(sc.QUIET_SECONDS, sc.IDLE_SECONDS) - 0.1
+        await _settle(scorer)
+        assert backlog["asked"] > 0
         paused = await _as_of(settings)
-        assert paused["settled"] is False
-        assert paused[CELLS[1]] == paused[CELLS[2]] == datetime.fromtimestamp(T0, UTC)
+        assert paused["settled"] is not True
+        assert paused.get(CELLS[1]) != datetime.fromtimestamp(T0 + DAY, UTC)
 
-        scorer.last_batch = time.monotonic() - sc.BULK_SPACING * sc.IDLE_SECONDS - 0.1
+        backlog["busy"] = False
         await _settle(scorer)
         quiet = await _as_of(settings)
         assert quiet["settled"] is True

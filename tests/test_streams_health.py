@@ -19,7 +19,7 @@ from lpt.kafka import make_producer, topic_name
 from lpt.settings import Settings
 from schemas.topics import CRIME, NOTIFICATIONS_REQUESTED, SETUPS
 from streams import watchdog as wd
-from streams.cli import group_lag, stream_groups
+from streams.lag import group_lag, stream_groups
 from tests.streams_helpers import Worker, child_roles, proc_stat
 
 
