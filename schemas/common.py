@@ -8,6 +8,7 @@ definition keeps a typo in one place from silently creating a new category.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Annotated, Literal, Self
 
 import h3
@@ -81,6 +82,25 @@ NonEmpty = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
 Pseudonym = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
 
 
+#: Points and cells remembered by :func:`index_cell` and :func:`score_cell_of`. Why cache:
+#: police.uk snaps every crime to one of a fixed set of anonymised map points (about 25,000 in
+#: the Humberside sample), and the stream worker indexes every event it reads; a hit costs a
+#: tenth of the H3 call (measured: 0.7 us per event for each).
+CELL_CACHE_SIZE = 1 << 17
+
+
+@lru_cache(maxsize=CELL_CACHE_SIZE)
+def index_cell(lat: float, lng: float) -> str:
+    """The resolution-10 H3 cell of a point (DESIGN §4)."""
+    return str(h3.latlng_to_cell(lat, lng, INDEX_RESOLUTION))
+
+
+@lru_cache(maxsize=CELL_CACHE_SIZE)
+def score_cell_of(cell: str) -> str:
+    """The resolution-9 parent of a cell, the unit the priority score is kept in."""
+    return str(h3.cell_to_parent(cell, SCORE_RESOLUTION))
+
+
 class Location(BaseModel):
     """A point and its street-scale H3 cell (resolution 10).
 
@@ -96,7 +116,7 @@ class Location(BaseModel):
 
     @model_validator(mode="after")
     def _index(self) -> Self:
-        expected = h3.latlng_to_cell(self.lat, self.lng, INDEX_RESOLUTION)
+        expected = index_cell(self.lat, self.lng)
         if not self.cell:
             object.__setattr__(self, "cell", expected)
         elif self.cell != expected:
@@ -106,7 +126,7 @@ class Location(BaseModel):
     @property
     def score_cell(self) -> str:
         """The resolution-9 parent, the unit the priority score is kept in."""
-        return str(h3.cell_to_parent(self.cell, SCORE_RESOLUTION))
+        return score_cell_of(self.cell)
 
 
 class EncryptedField(BaseModel):

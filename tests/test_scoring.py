@@ -376,3 +376,31 @@ def test_actions_follow_reasons_without_repeats() -> None:
     assert out[0].startswith("Short visible patrols and crime-prevention visits within 400 m")
     assert "On or near High Street" in out[0]
     assert len(out) == 3 and "you said, we did" in out[1]
+
+
+def test_registrations_reach_the_representation_gap_of_their_local_authority() -> None:
+    """The model keeps each authority's registrations by age and ethnic group from the cells'
+    states: a cell's newer state replaces its earlier counts (an opt-out removes them), and a
+    cell with no registrations adds nothing."""
+    la = "E06000010"
+    ref = Reference(
+        cell_local_authority={CELL: la},
+        population_age={la: {"16-24": 500, "65+": 500}},
+        population_ethnic={la: {"white": 500, "asian": 500}},
+    )
+    model = PriorityModel(ref)
+    registered = cellstate.new_state()
+    for i in range(12):
+        age, eth = ("16-24", "white") if i < 9 else ("65+", "asian")
+        cellstate.apply_delta(registered, CELL, ["r", 1, T0 + i, age, eth, None])
+    neighbour = h3.grid_disk(CELL, 1)[1]
+    model.merge(neighbour, 1, _state(["c", 1, T0, "Burglary", "On or near A", None]))
+    model.merge(CELL, 1, registered)
+    rep = model.representation()[la]
+    assert rep is not None and rep.registered == 12
+    assert rep.group == "65+" and rep.registered_share == pytest.approx(3 / 12)
+    assert model.representation()[""] is not None
+
+    opted_out = cellstate.new_state()
+    model.merge(CELL, 2, opted_out)
+    assert model.representation()[la] is None  # fewer than 10 registered: not shown

@@ -241,6 +241,8 @@ class PriorityModel:
 
     def _track_registrations(self, i: int, rg: Mapping[str, Any]) -> None:
         old = self._cell_reg.get(i)
+        if old is None and not rg:
+            return  # no registrations before or now (most cells during a crime backfill)
         if old is not None:
             la, age, eth = old
             self.la_reg_age.setdefault(la or "", Counter()).subtract(age)
