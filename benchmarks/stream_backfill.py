@@ -3,7 +3,8 @@
 In one run, on a fresh topic prefix and database (removed afterwards):
 
 1. publishes ``--events`` synthetic ``crime.reported`` events (default 1,000,000) at the
-   police.uk sample's real snapped points (so the cell count is realistic), over one year;
+   police.uk sample's real snapped points (so the cell count is realistic), over one year, at
+   random times (``--in-time-order``: sorted by time, as an import or live input arrives);
 2. **raw**: aiokafka consumes the whole topic, no decoding (the ceiling of any Python consumer);
    then, on up to 300k of the records, aiokafka + ``json.loads`` and aiokafka + the input
    stage's validation (``TopicDecoder``): what one core reaches before any state is kept;
@@ -13,7 +14,8 @@ In one run, on a fresh topic prefix and database (removed afterwards):
    caught up and the tables in PostgreSQL are settled (topic -> tables -> PostgreSQL), wall time
    including the worker's start-up, and the CPU seconds each part used meanwhile (the worker's
    three processes, and the Kafka broker and PostgreSQL cluster when they run under
-   ``LPT_HOME``), with their sum per event: what moves the rate on a machine they share;
+   ``LPT_HOME``), with their sum per event: what moves the rate on a machine they share; and
+   the peak resident memory of the worker's processes (batches grow with the backlog);
 5. **live**: with that worker running, ``--rate`` events/s for ``--live-seconds``; four per
    second are probes: a burglary in a cell no event touched before. The latency is from the
    probe's send to the first scorer output about its cell (``priority.changed`` when the cell
@@ -132,7 +134,11 @@ class Encoder:
         return hit[1], json.dumps(value, separators=(",", ":")).encode()
 
 
-async def publish_backlog(settings: Settings, n: int, points: list[Any], seed: int) -> float:
+async def publish_backlog(
+    settings: Settings, n: int, points: list[Any], seed: int, in_time_order: bool = False
+) -> float:
+    """``n`` crimes at random points over the past year, at random times or (``in_time_order``,
+    like a police.uk import or live input) in time order."""
     rng = random.Random(seed)
     names = [t for t, _ in TYPES]
     weights = [w for _, w in TYPES]
@@ -147,12 +153,13 @@ async def publish_backlog(settings: Settings, n: int, points: list[Any], seed: i
     t0 = time.perf_counter()
     try:
         chunk: list[tuple[bytes | None, bytes]] = []
-        for i in range(n):
+        times = [start + rng.random() * 365 * 86400 for _ in range(n)]
+        if in_time_order:
+            times.sort()
+        for i, t in enumerate(times):
             la, ln, street = points[rng.randrange(len(points))]
             kind = rng.choices(names, weights)[0]
-            chunk.append(
-                enc.encode(i, la, ln, street, kind, start + rng.random() * 365 * 86400, "B")
-            )
+            chunk.append(enc.encode(i, la, ln, street, kind, t, "B"))
             if len(chunk) >= 20_000:
                 await publish_raw(producer, topic, chunk)
                 chunk = []
@@ -570,6 +577,22 @@ def worker_cpu(worker: Worker) -> dict[str, float]:
     return out
 
 
+def _peak_rss_mb(pid: int) -> float | None:
+    """The most resident memory a process has had (``VmHWM``), in MB."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return None
+
+
+def worker_peak_rss(worker: Worker) -> dict[str, float | None]:
+    """Peak resident MB so far of the worker's three processes, by role."""
+    out = {"stages": _peak_rss_mb(worker.proc.pid)}
+    out.update({role: _peak_rss_mb(pid) for role, pid in child_roles(worker.proc.pid).items()})
+    return out
+
+
 def _profile(worker: Worker, path: str | None) -> subprocess.Popen[bytes] | None:
     """Sample the worker (stages and scorer processes) with py-spy (``pip install py-spy``)."""
     if path is None:
@@ -592,7 +615,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     worker: Worker | None = None
     try:
         print(f"publishing {args.events:,} events ...", flush=True)
-        out["publish_seconds"] = round(await publish_backlog(settings, args.events, points, 1), 1)
+        published = await publish_backlog(settings, args.events, points, 1, args.in_time_order)
+        out["publish_seconds"] = round(published, 1)
+        out["in_time_order"] = args.in_time_order
         raw = await consume_rate(settings, args.events)
         out["raw_aiokafka_per_s"] = round(raw)
         print(f"raw aiokafka consumption: {raw:,.0f} events/s", flush=True)
@@ -629,6 +654,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         cpu.update({k: v - servers_before.get(k, 0.0) for k, v in server_cpu(base.home).items()})
         out["backfill_cpu_s"] = {k: round(v, 1) for k, v in cpu.items()}
         out["backfill_cpu_us_per_event"] = round(sum(cpu.values()) / args.events * 1e6, 1)
+        out["backfill_peak_rss_mb"] = worker_peak_rss(worker)
         rate = args.events / elapsed
         out["backfill_seconds"] = round(elapsed, 1)
         out["backfill_per_s"] = round(rate)
@@ -656,6 +682,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             f"({elapsed:.1f} s incl. start-up; {rate / raw:.1%} of raw; {rate / naive:.1f}x naive;"
             f" no lag after s: {caught_up}; GC s, count: {out['backfill_gc']}; CPU s:"
             f" {out['backfill_cpu_s']}, {out['backfill_cpu_us_per_event']} us/event in all;"
+            f" peak RSS MB: {out['backfill_peak_rss_mb']};"
             f" records per event: {out['backfill_records_per_event']})",
             flush=True,
         )
@@ -697,6 +724,11 @@ def cli() -> None:
     parser.add_argument("--rate", type=int, default=1000)
     parser.add_argument("--live-seconds", type=float, default=30.0)
     parser.add_argument("--timeout", type=float, default=3600.0)
+    parser.add_argument(
+        "--in-time-order",
+        action="store_true",
+        help="publish the backlog in event-time order (an import) instead of at random times",
+    )
     parser.add_argument("--home", default=None, help="worker state directory")
     parser.add_argument(
         "--profile", default=None, help="py-spy raw profile of the worker's backfill to this file"

@@ -16,6 +16,8 @@ import pytest
 from schemas.common import CRIME_TYPES
 from streams.scoring import cellstate, components, decay, nearrepeat
 from streams.scoring.config import (
+    BUCKET_PRUNE_DAYS,
+    BUCKET_RETENTION_DAYS,
     DAY,
     HARM_HALF_LIFE,
     MAX_COMPONENT_SHARE,
@@ -99,7 +101,12 @@ def test_near_repeat_ring_weights_and_eight_week_window() -> None:
     nearrepeat.add(entries, T0, 0, +1)
     nearrepeat.add(entries, T0, 1, +1)
     assert nearrepeat.value_at(entries, T0 + 2 * WEEK) == pytest.approx(1 / 3 + 0.5 / 3)
+    nearrepeat.add(entries, T0 + 5 * WEEK, 1, +1)
+    nearrepeat.prune(entries, T0 + 8 * WEEK)  # exactly 8 weeks: no longer counts
+    assert entries == [[T0 + 5 * WEEK, 1.0, 1.0]]
     nearrepeat.prune(entries, T0 + 9 * WEEK)
+    assert entries == [[T0 + 5 * WEEK, 1.0, 1.0]]
+    nearrepeat.prune(entries, T0 + 14 * WEEK)
     assert entries == []
 
 
@@ -404,3 +411,37 @@ def test_registrations_reach_the_representation_gap_of_their_local_authority() -
     opted_out = cellstate.new_state()
     model.merge(CELL, 2, opted_out)
     assert model.representation()[la] is None  # fewer than 10 registered: not shown
+
+
+def test_day_buckets_are_the_same_whatever_the_arrival_order() -> None:
+    """Crimes over eight months in time order (an import, live input), reversed and shuffled:
+    the cell keeps the same day buckets (whole ``BUCKET_PRUNE_DAYS`` periods, see
+    ``cellstate.bucket_horizon``), none older than the retention, and the 30/90-day counts
+    equal a plain count over the same crimes."""
+    rng = random.Random(3)
+    crimes = [
+        (T0 + rng.uniform(0, 240) * DAY, rng.choice(["Burglary", "Shoplifting", "Robbery"]))
+        for _ in range(400)
+    ]
+    ordered = sorted(crimes)
+    orders = [ordered, ordered[::-1], rng.sample(crimes, len(crimes))]
+    deltas: list[list[list[object]]] = [
+        [["c", 1, t, kind, None, None] for t, kind in order] for order in orders
+    ]
+    states = [_state(*order) for order in deltas]
+    assert states[0]["d"] == states[1]["d"] == states[2]["d"]
+    newest = ordered[-1][0]
+    oldest_kept = min(int(day) for buckets in states[0]["d"].values() for day in buckets)
+    assert oldest_kept >= cellstate.bucket_horizon(newest)
+    assert int(newest // DAY) - oldest_kept <= BUCKET_RETENTION_DAYS + BUCKET_PRUNE_DAYS
+    for now in (newest, newest + 10 * DAY, newest + 60 * DAY):
+        expected: dict[str, list[int]] = {}
+        for t, kind in crimes:
+            age = int(now // DAY) - int(t // DAY)
+            counts = [int(0 <= age < w) for w in (30, 90)]
+            if any(counts):
+                total = expected.setdefault(kind, [0, 0])
+                total[0] += counts[0]
+                total[1] += counts[1]
+        for state in states:
+            assert cellstate.counts_in_windows(state, now, (30, 90)) == expected

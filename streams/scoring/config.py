@@ -86,8 +86,11 @@ HOUSEHOLDS_PER_POSTCODE: Final = 15.0
 TOP_SHARE: Final = 0.10
 #: Windows of the crime-type counts shown with each cell.
 COUNT_WINDOWS_DAYS: Final = (30, 90)
-#: Day buckets are kept this long after the newest event of a cell (beyond the longest window).
+#: Day buckets are kept this long after the newest event of a cell (beyond the longest window)...
 BUCKET_RETENTION_DAYS: Final = 120
+#: ...counted from the start of the newest event's period of this many days: buckets are
+#: dropped a period at a time (``cellstate.bucket_horizon``). Retention >= longest window + this.
+BUCKET_PRUNE_DAYS: Final = 15
 #: Streets listed per cell.
 MAX_STREETS: Final = 10
 

@@ -52,7 +52,8 @@ def add(entries: list[Entry], t: float, ring: int, sign: int) -> None:
 def prune(entries: list[Entry], newest: float) -> None:
     """Drop entries that can no longer count at any time at or after ``newest``."""
     horizon = newest - NEAR_REPEAT_WEEKS * WEEK
-    entries[:] = [e for e in entries if e[0] > horizon]
+    if entries and entries[0][0] <= horizon:  # sorted by time: the old ones are a prefix
+        del entries[: bisect.bisect_right(entries, [horizon, math.inf])]
 
 
 def value_at(entries: list[Entry], t: float) -> float:
