@@ -202,7 +202,7 @@ BACKLOG_DELTAS = 5_000
 #: The longest such wait (seconds), and how recently the ledger must have ended a batch to
 #: count as still producing. Why wait: a cell's whole state is encoded, changelogged, sent to
 #: the scorer, decoded and merged there once per batch that touches it, however many deltas
-#: it took (~0.2 ms of CPU per state in all, measured with ``benchmarks/stream_backfill.py``);
+#: it took (0.1-0.2 ms of CPU per state in all, measured with ``benchmarks/stream_backfill.py``);
 #: while the cells stage waits, the ledger (same process, same core) fills the next batch, so
 #: each state is written after more deltas. The wait ends as soon as the ledger has nothing
 #: left, so the end of a backlog is not delayed; live batches never wait.
