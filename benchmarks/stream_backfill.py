@@ -51,7 +51,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -87,6 +87,7 @@ from tests.streams_helpers import (  # noqa: E402
 )
 
 RESULTS = ROOT / "benchmarks" / "results" / "stream_backfill.json"
+T = TypeVar("T")
 TYPES = [
     ("Violence and sexual offences", 30), ("Anti-social behaviour", 25), ("Criminal damage and arson", 10),
     ("Shoplifting", 8), ("Other theft", 7), ("Vehicle crime", 6), ("Burglary", 5), ("Public order", 5),
@@ -570,10 +571,10 @@ def server_cpu(home: Path) -> dict[str, float]:
     return out
 
 
-def worker_cpu(worker: Worker) -> dict[str, float]:
-    """CPU seconds so far of the worker's three processes, by role."""
-    out = {"stages": _cpu_seconds(worker.proc.pid)}
-    out.update({role: _cpu_seconds(pid) for role, pid in child_roles(worker.proc.pid).items()})
+def per_process(worker: Worker, measure: Callable[[int], T]) -> dict[str, T]:
+    """``measure(pid)`` of the worker's three processes, by role."""
+    out = {"stages": measure(worker.proc.pid)}
+    out.update({role: measure(pid) for role, pid in child_roles(worker.proc.pid).items()})
     return out
 
 
@@ -584,13 +585,6 @@ def _peak_rss_mb(pid: int) -> float | None:
             if line.startswith("VmHWM:"):
                 return round(int(line.split()[1]) / 1024, 1)
     return None
-
-
-def worker_peak_rss(worker: Worker) -> dict[str, float | None]:
-    """Peak resident MB so far of the worker's three processes, by role."""
-    out = {"stages": _peak_rss_mb(worker.proc.pid)}
-    out.update({role: _peak_rss_mb(pid) for role, pid in child_roles(worker.proc.pid).items()})
-    return out
 
 
 def _profile(worker: Worker, path: str | None) -> subprocess.Popen[bytes] | None:
@@ -650,11 +644,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             profiler.wait(30)
         elapsed = time.perf_counter() - t0
         # Where the CPU went (the machine's cores are shared by all of these).
-        cpu = worker_cpu(worker)
+        cpu = per_process(worker, _cpu_seconds)
         cpu.update({k: v - servers_before.get(k, 0.0) for k, v in server_cpu(base.home).items()})
         out["backfill_cpu_s"] = {k: round(v, 1) for k, v in cpu.items()}
         out["backfill_cpu_us_per_event"] = round(sum(cpu.values()) / args.events * 1e6, 1)
-        out["backfill_peak_rss_mb"] = worker_peak_rss(worker)
+        out["backfill_peak_rss_mb"] = per_process(worker, _peak_rss_mb)
         rate = args.events / elapsed
         out["backfill_seconds"] = round(elapsed, 1)
         out["backfill_per_s"] = round(rate)
