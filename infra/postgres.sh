@@ -9,6 +9,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$HERE")"
 LPT_HOME="${LPT_HOME:-$ROOT/.lpt}"
+[[ "$LPT_HOME" == /* ]] || LPT_HOME="$PWD/$LPT_HOME" # postgres runs in its data directory
 PORT="${LPT_PG_PORT:-15432}"
 PGROOT="$LPT_HOME/pg"
 # As root, the cluster runs as the `postgres` user, who may not be able to enter a checkout
