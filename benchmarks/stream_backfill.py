@@ -588,7 +588,7 @@ def _peak_rss_mb(pid: int) -> float | None:
 
 
 def _profile(worker: Worker, path: str | None) -> subprocess.Popen[bytes] | None:
-    """Sample the worker (stages and scorer processes) with py-spy (``pip install py-spy``)."""
+    """Sample the worker (stages and scorer processes) with py-spy (a dev dependency)."""
     if path is None:
         return None
     spy = Path(sys.executable).with_name("py-spy")

@@ -46,12 +46,19 @@ log = get_logger(__name__)
 
 T = TypeVar("T")
 
-#: Messages per batch and the longest wait for a batch to fill (seconds). Internal messages
-#: carry hundreds of items each; live, a short wait keeps the latency low. (Short waits made
-#: Faust's commit and delivery bugs bite often: see ``streams.faustfix`` and
+#: The longest wait for a batch to fill (seconds): live, a short wait keeps the latency low.
+#: (Short waits made Faust's commit and delivery bugs bite often: see ``streams.faustfix`` and
 #: ``stages.InputOrder``, which the fault tests exercise at this setting.)
-INTERNAL_BATCH = 200
 WITHIN = 0.01
+#: Messages Faust reads ahead per agent (``stream_buffer_maxsize``).
+STREAM_BUFFER = 800
+#: Messages per ledger batch. Why so few: in a backlog each ``entities`` message holds thousands
+#: of items (an input batch split by partition, up to ``items.MAX_MESSAGE_BYTES``), and a
+#: batch's working set (decoded items, ledger entries, deltas, encoded rows) is about 1 kB per
+#: item. 200 such messages held ~400k items at once and took the stages process's peak memory
+#: to ~1 GB in a 1M-event backfill; 16 hold ~50k (peak ~0.5 GB, same rate, measured with
+#: ``benchmarks/stream_backfill.py``). Live messages hold a few items each.
+LEDGER_BATCH = 16
 #: The cells stage takes bigger batches: after waiting for the ledger to catch up
 #: (``stages.catch_up``) it should take everything the ledger sent meanwhile in one batch.
 CELLS_BATCH = 1_000
@@ -106,7 +113,7 @@ def faust_app(ident: str, settings: Settings, datadir: Path) -> faust.App:
         # per batch, p90 236 ms, more than scoring the batch).
         producer_max_batch_size=1024 * 1024,
         producer_linger_ms=2,
-        stream_buffer_maxsize=INTERNAL_BATCH * 4,
+        stream_buffer_maxsize=STREAM_BUFFER,
         key_serializer="raw",
         value_serializer="raw",
     )
@@ -202,7 +209,7 @@ def create_app(settings: Settings, datadir: Path | None = None) -> faust.App:
 
     @app.agent(entities, name="ledger")
     async def ledger(stream: Any) -> None:
-        async for events in stream.take_events(INTERNAL_BATCH, within=WITHIN):
+        async for events in stream.take_events(LEDGER_BATCH, within=WITHIN):
             await guard(ledger_stage.process(events), "ledger", events)
 
     @app.agent(deltas, name="cells")

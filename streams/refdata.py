@@ -15,7 +15,7 @@ import h3
 from lpt.geo import ForceArea
 from lpt.logs import get_logger
 from lpt.settings import Settings
-from schemas.common import SCORE_RESOLUTION
+from schemas.common import score_cell_of
 from streams.scoring.reference import LsoaInfo, Reference
 
 log = get_logger(__name__)
@@ -45,7 +45,7 @@ async def load_reference_data(conn: asyncpg.Connection, settings: Settings) -> R
     for r in await conn.fetch(
         "SELECT cell, ward_code, local_authority_code FROM ref_postcodes WHERE NOT unlocated"
     ):
-        cell = str(h3.cell_to_parent(r["cell"], SCORE_RESOLUTION))
+        cell = score_cell_of(r["cell"])
         postcodes[cell] += 1
         if r["ward_code"]:
             wards[cell][r["ward_code"]] += 1

@@ -33,7 +33,7 @@ from api.officer.projection import door_key
 from api.officer.setups import load_setup
 from api.officer.state import officer_state
 from producers.intake import DoorKnockReport, IntakeError
-from schemas.common import DoorKnockOutcome, normalise_postcode
+from schemas.common import DoorKnockOutcome, normalise_postcode, score_cell_of
 from schemas.envelope import utcnow
 
 UK = ZoneInfo("Europe/London")
@@ -66,7 +66,7 @@ async def area_postcodes(request: web.Request, setup: dict[str, Any]) -> list[di
         list(setup["ward_codes"]),
         children,
     )
-    return [{"postcode": r["postcode"], "cell": h3.cell_to_parent(r["cell"], 9)} for r in rows]
+    return [{"postcode": r["postcode"], "cell": score_cell_of(r["cell"])} for r in rows]
 
 
 async def door_list(
@@ -226,7 +226,7 @@ async def record_knock(request: web.Request, account: Account, knock: KnockIn) -
         key,
         knock.outcome,
         knock.setup_id,
-        h3.cell_to_parent(done.cell, 9) if done.cell else None,
+        score_cell_of(done.cell) if done.cell else None,
         ward,
         la,
     )

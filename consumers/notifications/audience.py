@@ -37,7 +37,7 @@ import asyncpg
 import h3
 
 from consumers.notifications.budget import WINDOW, Preferences
-from schemas.common import INDEX_RESOLUTION
+from schemas.common import INDEX_RESOLUTION, score_cell_of
 from schemas.notifications import Audience
 
 #: The identity columns the resolver reads; nothing about a person's ethnicity, religion, age,
@@ -96,7 +96,7 @@ class Recipient:
         """The resolution-9 cell (the inbox area) of the resident's street cell."""
         if not self.cell:
             return None
-        return str(h3.cell_to_parent(self.cell, 9))
+        return score_cell_of(self.cell)
 
 
 def _cells(cells: Iterable[str], field: str) -> tuple[tuple[int, ...], tuple[int, ...]]:

@@ -17,7 +17,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 import asyncpg
-import h3
 
 from consumers.notifications import outbox
 from consumers.notifications.audience import channels_from_row, preferences_from_row
@@ -30,6 +29,7 @@ from consumers.notifications.compose import (
 )
 from consumers.notifications.tokens import TokenGrant, issue_reply_tokens, reply_url
 from lpt.logs import get_logger
+from schemas.common import score_cell_of
 
 if TYPE_CHECKING:
     from consumers.notifications.dispatch import Dispatcher, Summary
@@ -146,7 +146,7 @@ async def build_digest_templates(
             r["digest_id"],
             r["notification_id"],
             r["resident_id"],
-            str(h3.cell_to_parent(r["cell"], 9)) if r["cell"] else None,
+            score_cell_of(r["cell"]) if r["cell"] else None,
             r["ward_code"],
         )
         for r in rows

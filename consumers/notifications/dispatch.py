@@ -24,7 +24,6 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 
 import asyncpg
-import h3
 
 from consumers.notifications import outbox
 from consumers.notifications.audience import Recipient, criteria_for, resolve
@@ -43,6 +42,7 @@ from identity.linkkey import load_link_key
 from lpt.logs import get_logger
 from lpt.metrics import NOTIFICATIONS
 from lpt.settings import Settings
+from schemas.common import score_cell_of
 from schemas.envelope import deterministic_id
 from schemas.notifications import NotificationRequested, NotificationSent
 
@@ -484,7 +484,7 @@ class Dispatcher:
 
 
 def _area(cell: str | None) -> str | None:
-    return str(h3.cell_to_parent(cell, 9)) if cell else None
+    return score_cell_of(cell) if cell else None
 
 
 def _unreached(
