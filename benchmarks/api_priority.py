@@ -334,7 +334,7 @@ async def published(settings: Settings) -> int:
         ]
         end = await consumer.end_offsets(tps)
         begin = await consumer.beginning_offsets(tps)
-        return sum(end.values()) - sum(begin.values())
+        return int(sum(end.values()) - sum(begin.values()))
     finally:
         await consumer.stop()
 

@@ -221,8 +221,7 @@ async def measure_raw_aiokafka(ctx: BenchContext) -> list[Measurement]:
 # events as JSON batches of 500 from 4 connections, the server in its own `lpt serve` process,
 # on a topic prefix of its own (so its idempotency ledger starts empty).
 async def measure_gateway(ctx: BenchContext) -> list[Measurement] | None:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from gateway_rate import measure_gateway_rate
+    from benchmarks.gateway_rate import measure_gateway_rate
 
     drop = {"event_id", "produced_at", "source", "trace_id"}
     events = [

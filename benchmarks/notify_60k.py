@@ -143,7 +143,9 @@ async def insert_residents(settings: Settings, n: int, progress: bool) -> list[t
     """60,000 residents straight into the identity tables (keys wrapped as the vault does)."""
     master = load_master_key(settings.master_key_file)
     cells = resident_cells(n)
-    keys, people, pairs = [], [], []
+    keys: list[tuple[str, str, bytes]] = []
+    people: list[tuple[Any, ...]] = []
+    pairs: list[tuple[str, str]] = []
     for i in tqdm(range(n), desc="residents", disable=not progress, file=sys.stderr):
         rid = f"r-bench{i:07d}"
         key_id = new_key_id()
