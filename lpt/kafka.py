@@ -216,6 +216,20 @@ def event_headers(event: Envelope) -> list[Header]:
 QUERY_TIMEOUT_S = 10.0
 
 
+async def rewind_to_committed(consumer: AIOKafkaConsumer) -> None:
+    """Move a group consumer back to its committed offsets (the start, for a partition with no
+    commit yet: the ``earliest`` reset), after a batch it fetched could not be processed.
+
+    Why not ``seek_to_committed``: it leaves a partition without a commit where it is, past the
+    failed batch."""
+    for tp in consumer.assignment():
+        offset = await consumer.committed(tp)
+        if offset is None or offset < 0:
+            await consumer.seek_to_beginning(tp)
+        else:
+            consumer.seek(tp, offset)
+
+
 async def partitions_of(admin: AIOKafkaAdminClient, names: Sequence[str]) -> dict[str, list[int]]:
     """Partition ids per existing topic, from the brokers' metadata (a consumer that has not
     subscribed knows none, which would make every topic look empty)."""

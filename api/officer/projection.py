@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaConsumer
 from pydantic import ValidationError
 
 from api.officer.areas import AreaCache
-from lpt.kafka import topic_name
+from lpt.kafka import rewind_to_committed, topic_name
 from lpt.logs import get_logger
 from lpt.settings import Settings
 from schemas.engagement import DoorKnocked, SurveyAnswered
@@ -238,6 +238,17 @@ class Projection:
             except Exception as exc:  # keep projecting after a database or broker hiccup
                 log.warning("officer.projection_failed", error=type(exc).__name__)
                 await asyncio.sleep(1.0)
+                await self._rewind()
+
+    async def _rewind(self) -> None:
+        """Back to the committed offsets: the consumer's position is already past the batch
+        that failed, and without this it would be skipped until the next restart (the upserts
+        are idempotent, so reading part of it again is harmless)."""
+        assert self._consumer is not None
+        try:
+            await rewind_to_committed(self._consumer)
+        except Exception as exc:  # the broker is still away: the next fetch fails and retries
+            log.warning("officer.projection_rewind_failed", error=type(exc).__name__)
 
     async def apply(self, events: list[Envelope]) -> None:
         index = await self.areas.get()
