@@ -176,3 +176,34 @@ async def test_cli_runs_the_worker_as_a_process(env: Env) -> None:
     [mail] = env.smtp.inbox.to(person.email)
     assert mail["List-Unsubscribe"].startswith(f"<{PUBLIC}/unsubscribe/")
     assert person.email.encode() not in err  # no personal data in the logs
+
+
+async def test_a_stop_during_an_outage_leaves_the_batch_uncommitted(env: Env) -> None:
+    """Stopping while PostgreSQL is away must not commit the requests not yet handled: they
+    would be lost (committed, never sent). Here every request meets an outage, stop comes
+    during the backoff, and the group's offsets must still be where they were."""
+    await publish_requests(
+        env.settings,
+        [request(f"n-outage-{i}", Audience(ward_codes=[WARD_HULL])) for i in range(3)],
+    )
+    worker = NotificationWorker(
+        env.settings, channels={"email": smtp_channel(env.smtp.port)}, clock=env.clock
+    )
+    stop = asyncio.Event()
+    attempts: list[str] = []
+
+    async def database_away(record: Any) -> None:
+        attempts.append(record.value.decode()[:40])
+        stop.set()  # the shutdown signal arrives during the outage
+        raise ConnectionRefusedError("PostgreSQL is away")
+
+    worker.process = database_away  # type: ignore[method-assign]
+    await worker.start()
+    try:
+        await asyncio.wait_for(worker.run(stop), 30)
+        assert worker.consumer is not None
+        committed = [await worker.consumer.committed(tp) for tp in worker.consumer.assignment()]
+    finally:
+        await worker.stop()
+    assert attempts, "the worker never tried a request"
+    assert all(offset is None for offset in committed), committed

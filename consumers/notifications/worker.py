@@ -69,6 +69,12 @@ HOUSEKEEPING_SECONDS = 30.0
 OUTAGE_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)
 T = TypeVar("T")
 A = TypeVar("A")
+
+
+class _Stopping(Exception):
+    """Stop was asked for while PostgreSQL or Kafka was unavailable."""
+
+
 _INFRA_ERRORS = (
     asyncpg.exceptions.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,
@@ -166,6 +172,15 @@ class NotificationWorker:
     # -- the loop ---------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event, until_idle: bool = False) -> WorkerStats:
+        try:
+            await self._loop(stop, until_idle)
+        except _Stopping:
+            # Asked to stop during an outage: the batch in hand stays uncommitted, and is
+            # delivered again after the restart (the outbox makes the repeat harmless).
+            log.info("notify.stopped_during_outage")
+        return self.stats
+
+    async def _loop(self, stop: asyncio.Event, until_idle: bool) -> None:
         assert self.consumer is not None
         while not stop.is_set():
             batch = await self.consumer.getmany(timeout_ms=500)
@@ -184,7 +199,6 @@ class NotificationWorker:
                 did = await self._with_outage_retry(self._housekeeping, None, stop)
                 if until_idle and not records and not did and await self._caught_up():
                     break
-        return self.stats
 
     async def _commit(self, _: None) -> bool:
         assert self.consumer is not None
@@ -193,8 +207,10 @@ class NotificationWorker:
 
     async def _with_outage_retry(
         self, fn: Callable[[A], Awaitable[T]], arg: A, stop: asyncio.Event
-    ) -> T | None:
-        """Run ``fn(arg)``, retrying with backoff while PostgreSQL or Kafka is unavailable."""
+    ) -> T:
+        """Run ``fn(arg)``, retrying with backoff while PostgreSQL or Kafka is unavailable;
+        :class:`_Stopping` when ``stop`` is set meanwhile. Why raise: returning would let the
+        loop go on to the batch's other records and commit offsets past the one not done."""
         attempt = 0
         while True:
             try:
@@ -206,7 +222,7 @@ class NotificationWorker:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
                 if stop.is_set():
-                    return None
+                    raise _Stopping from exc
 
     async def _caught_up(self) -> bool:
         assert self.consumer is not None
