@@ -13,8 +13,11 @@ from typing import Any
 import asyncpg
 from aiokafka.errors import KafkaError
 
+from lpt.logs import get_logger
 from lpt.settings import Settings, get_settings
 from streams.lag import LagProbe, group_lag
+
+log = get_logger(__name__)
 
 LEVEL_OF_RES = {9: "res9", 8: "res8", 7: "res7"}
 
@@ -95,6 +98,10 @@ async def scorer_settled(settings: Settings, conn: asyncpg.Connection | None = N
     return row is None or bool(row["settled"])
 
 
+#: Seconds between "cannot reach Kafka or PostgreSQL" warnings while waiting.
+UNREACHABLE_EVERY = 10.0
+
+
 async def wait_until_idle(
     settings: Settings, timeout: float, poll: float = 0.5, only: Sequence[str] | None = None
 ) -> bool:
@@ -102,10 +109,13 @@ async def wait_until_idle(
     A broker or database restart is not a reason to give up waiting (clients are reopened)."""
     deadline = time.monotonic() + timeout
     quiet_checks = 0
+    told = -UNREACHABLE_EVERY
     while time.monotonic() < deadline:
+        server = "postgresql"
         try:
             conn = await asyncpg.connect(settings.dsn)
             try:
+                server = "kafka"
                 async with LagProbe(settings) as probe:
                     while time.monotonic() < deadline:
                         lags = await probe.lags(only)
@@ -119,8 +129,21 @@ async def wait_until_idle(
                         await asyncio.sleep(poll)
             finally:
                 await conn.close()
-        except (KafkaError, OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError):
+        except (
+            KafkaError,
+            OSError,
+            asyncpg.PostgresConnectionError,
+            asyncpg.InterfaceError,
+        ) as exc:
             quiet_checks = 0
+            if time.monotonic() - told >= UNREACHABLE_EVERY:
+                told = time.monotonic()
+                log.warning(
+                    "streams.wait_idle_unreachable",
+                    server=server,
+                    kafka=settings.bootstrap_servers,
+                    error=type(exc).__name__,
+                )
             await asyncio.sleep(poll)
     return False
 
@@ -131,6 +154,9 @@ def wait_idle(args: argparse.Namespace) -> int:
     if asyncio.run(wait_until_idle(settings, args.timeout)):
         print("idle")
         return 0
-    lags = asyncio.run(group_lag(settings))
+    try:
+        lags: Any = asyncio.run(group_lag(settings))
+    except (KafkaError, OSError) as exc:
+        lags = f"Kafka at {settings.bootstrap_servers} not reachable ({type(exc).__name__})"
     print("not idle after timeout: " + json.dumps(lags), file=sys.stderr)
     return 1

@@ -34,11 +34,11 @@ class LagProbe:
         self.consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
 
     async def start(self) -> LagProbe:
-        await self.admin.start()
         try:
+            await self.admin.start()
             await self.consumer.start()
         except BaseException:
-            await self.admin.close()
+            await self.close()  # clients that failed to start (or never did) are still open
             raise
         return self
 

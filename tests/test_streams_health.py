@@ -191,3 +191,26 @@ async def test_the_child_processes_are_restarted_and_die_with_their_worker(
         )
     finally:
         worker.kill()
+
+
+def test_wait_idle_says_which_server_it_cannot_reach(stack: Settings) -> None:
+    """``lpt wait-idle`` with Kafka unreachable: it keeps waiting (a broker restart is no reason
+    to give up), says so while it waits, and at the timeout exits 1 naming the address, with
+    no traceback and no unclosed Kafka clients."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    env.update(LPT_DATABASE_URL=stack.dsn, LPT_KAFKA_BOOTSTRAP="127.0.0.1:1", LPT_LOG_FORMAT="json")
+    done = subprocess.run(
+        [sys.executable, "-m", "lpt.cli", "wait-idle", "--timeout", "3"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert '"server": "kafka"' in done.stderr and "streams.wait_idle_unreachable" in done.stderr
+    assert 'not idle after timeout: "Kafka at 127.0.0.1:1 not reachable' in done.stderr
+    assert "Traceback" not in done.stderr
+    assert "Unclosed" not in done.stderr
