@@ -219,6 +219,24 @@ def command_names() -> set[str]:
     return set()
 
 
+def unreachable(exc: BaseException, settings: Settings) -> str | None:
+    """A one-line explanation when ``exc`` says Kafka or PostgreSQL could not be reached (a
+    traceback says nothing more to an operator), else None. Addresses only: never the
+    database URL, which may hold a password."""
+    from urllib.parse import urlsplit
+
+    from aiokafka.errors import KafkaConnectionError
+
+    if isinstance(exc, KafkaConnectionError):
+        return f"cannot reach Kafka at {settings.bootstrap_servers}"
+    db = urlsplit(settings.dsn)
+    host, port = db.hostname or "localhost", db.port or 5432
+    # asyncpg's "Connect call failed ('127.0.0.1', 5432)" names the resolved address.
+    if isinstance(exc, OSError) and str(exc).endswith(f", {port})"):
+        return f"cannot reach PostgreSQL at {host}:{port}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     from lpt.logs import configure_logging
 
@@ -232,6 +250,16 @@ def main(argv: list[str] | None = None) -> int:
         # Output piped into `head` and the like: stop quietly, as Unix tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as exc:
+        why = unreachable(exc, get_settings())
+        if why is None:
+            raise
+        print(
+            f"lpt {args.command}: {why}. Is it running? `lpt prepare` starts the project's own "
+            "servers; LPT_KAFKA_BOOTSTRAP and LPT_DATABASE_URL point at others.",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":
