@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, date, datetime
 
 import asyncpg
 
@@ -19,22 +18,7 @@ from api.officer.projection import Projection
 from lpt.kafka import make_producer, publish
 from lpt.settings import Settings
 from schemas.envelope import Envelope
-from schemas.setups import SetupCreated
-from tests.test_officer_support import WARD_CENTRE
-
-
-def setup_event(setup_id: str) -> SetupCreated:
-    return SetupCreated(
-        occurred_at=datetime.now(UTC),
-        source="officer-app",
-        setup_id=setup_id,
-        name="Projected after a failed write",
-        goal="Register households",
-        ward_codes=[WARD_CENTRE],
-        starts_on=date.today(),
-        ends_on=date.today(),
-        created_by="o-test",
-    )
+from tests.test_officer_support import setup_created
 
 
 async def test_a_batch_that_failed_to_apply_is_read_again(isolated_settings: Settings) -> None:
@@ -42,7 +26,11 @@ async def test_a_batch_that_failed_to_apply_is_read_again(isolated_settings: Set
     producer = make_producer(settings)
     await producer.start()
     try:
-        await publish(producer, [setup_event("su-flaky-1"), setup_event("su-flaky-2")], settings)
+        await publish(
+            producer,
+            [setup_created("su-flaky-1", "Flaky 1"), setup_created("su-flaky-2", "Flaky 2")],
+            settings,
+        )
     finally:
         await producer.stop()
 

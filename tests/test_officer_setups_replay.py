@@ -36,6 +36,7 @@ from tests.test_officer_support import (
     seed,
     served,
     session_for,
+    setup_created,
 )
 from tests.web_helpers import read_all
 
@@ -115,15 +116,11 @@ async def test_targets_survive_a_rebuild_from_the_topic(settings: Settings) -> N
 
     # An event from before targets travelled: no "targets" key at all.
     legacy_id = f"su-legacy-{uuid.uuid4().hex[:6]}"
-    legacy = SetupCreated(
+    legacy = setup_created(
+        legacy_id,
+        "Published before targets travelled",
         occurred_at=created[kept].occurred_at,
-        source="officer-app",
-        setup_id=legacy_id,
-        name="Published before targets travelled",
         goal="Old event shape",
-        ward_codes=[WARD_CENTRE],
-        starts_on=date.today(),
-        ends_on=date.today(),
         created_by="o-legacy",
     )
     raw = legacy.model_dump_json(exclude={"targets"}).encode()

@@ -8,7 +8,7 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any
 
 import aiohttp
@@ -19,6 +19,7 @@ from aiohttp.test_utils import TestServer
 from api.app import create_app
 from api.officer.accounts import Account, AccountStore, Role
 from lpt.settings import Settings
+from schemas.setups import SetupCreated
 from tests.web_helpers import web_settings
 
 HULL = "E06000010"
@@ -247,3 +248,20 @@ async def session_for(server: TestServer, username: str | None) -> AsyncIterator
         yield User(http, body["csrf_token"], body["account"])
     finally:
         await http.close()
+
+
+def setup_created(setup_id: str, name: str, **fields: Any) -> SetupCreated:
+    """A one-day set-up in the centre ward, as the officer app publishes it (``fields``
+    override any of its values)."""
+    values: dict[str, Any] = {
+        "occurred_at": datetime.now(UTC),
+        "source": "officer-app",
+        "setup_id": setup_id,
+        "name": name,
+        "goal": "Register households",
+        "ward_codes": [WARD_CENTRE],
+        "starts_on": date.today(),
+        "ends_on": date.today(),
+        "created_by": "o-test",
+    }
+    return SetupCreated(**(values | fields))
