@@ -14,7 +14,8 @@ In one run, on a fresh topic prefix and database (removed afterwards):
    caught up and the tables in PostgreSQL are settled (topic -> tables -> PostgreSQL), wall time
    including the worker's start-up, and the CPU seconds each part used meanwhile (the worker's
    three processes, and the Kafka broker and PostgreSQL cluster when they run under
-   ``LPT_HOME``), with their sum per event: what moves the rate on a machine they share; and
+   ``LPT_HOME``), with their sum per event: what moves the rate on a machine they share (and
+   the rate that sum allows on the machine's cores with none idle, the CPU bound); and
    the peak resident memory of the worker's processes (batches grow with the backlog);
 5. **live**: with that worker running, ``--rate`` events/s for ``--live-seconds``; four per
    second are probes: a burglary in a cell no event touched before. The latency is from the
@@ -648,6 +649,15 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         cpu.update({k: v - servers_before.get(k, 0.0) for k, v in server_cpu(base.home).items()})
         out["backfill_cpu_s"] = {k: round(v, 1) for k, v in cpu.items()}
         out["backfill_cpu_us_per_event"] = round(sum(cpu.values()) / args.events * 1e6, 1)
+        # The most that CPU cost allows on this machine's cores with none idle: a rate target
+        # above it needs less CPU per event, not better scheduling.
+        cores = len(os.sched_getaffinity(0))
+        bound = cores * args.events / sum(cpu.values())
+        out["backfill_cpu_bound"] = {
+            "cores": cores,
+            "per_s": round(bound),
+            "vs_raw": round(bound / raw, 4),
+        }
         out["backfill_peak_rss_mb"] = per_process(worker, _peak_rss_mb)
         rate = args.events / elapsed
         out["backfill_seconds"] = round(elapsed, 1)
@@ -675,7 +685,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             f"stream backfill (topic -> tables -> PostgreSQL, one worker): {rate:,.0f} events/s "
             f"({elapsed:.1f} s incl. start-up; {rate / raw:.1%} of raw; {rate / naive:.1f}x naive;"
             f" no lag after s: {caught_up}; GC s, count: {out['backfill_gc']}; CPU s:"
-            f" {out['backfill_cpu_s']}, {out['backfill_cpu_us_per_event']} us/event in all;"
+            f" {out['backfill_cpu_s']}, {out['backfill_cpu_us_per_event']} us/event in all,"
+            f" at most {bound:,.0f} events/s on {cores} cores ({bound / raw:.1%} of raw);"
             f" peak RSS MB: {out['backfill_peak_rss_mb']};"
             f" records per event: {out['backfill_records_per_event']})",
             flush=True,
