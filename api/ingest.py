@@ -178,7 +178,14 @@ async def ingest_events(request: web.Request) -> web.Response:
         outcomes = await publish_once(resources.pool, resources.producer, events, system, settings)
     except (KafkaError, asyncpg.DeadlockDetectedError) as exc:
         log.warning("ingest.publish_failed", system=system, error=type(exc).__name__)
-        raise HTTPProblem(503, "event bus unavailable; nothing was published, retry") from None
+        # Not "nothing was published": a send can fail after some partitions took their
+        # events. The ledger rows rolled back, so the retry publishes them again, and the
+        # streams recognise the repeats by event id.
+        raise HTTPProblem(
+            503,
+            "event bus unavailable; the batch was not recorded, send it again (events that "
+            "reached the bus before the failure are recognised by their ids)",
+        ) from None
     accepted = sum(not o.duplicate for o in outcomes)
     log.info(
         "ingest.accepted",

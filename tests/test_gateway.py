@@ -205,3 +205,32 @@ async def test_request_size_limit(gateway: Any) -> None:
     assert resp.status == 413
     assert (await resp.json())["max_bytes"] == settings.max_request_bytes
     assert await message_count(settings, CRIME) == 0
+
+
+async def test_a_failed_publish_is_503_and_the_retry_is_not_a_duplicate(
+    gateway: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kafka fails mid-request: 503, and the idempotency ledger must not keep the event ids
+    (else the retry would be answered "duplicate" and the events never published)."""
+    from aiokafka.errors import KafkaConnectionError
+
+    import api.ingest
+
+    client, settings = gateway
+    real = api.ingest.publish_raw
+
+    async def bus_away(*args: Any, **kwargs: Any) -> None:
+        raise KafkaConnectionError("broker away")
+
+    monkeypatch.setattr(api.ingest, "publish_raw", bus_away)
+    batch = [crime("HP-503-1"), crime("HP-503-2")]
+    resp = await client.post(URL, json={"events": batch}, headers={"X-API-Key": KEY_A})
+    assert resp.status == 503
+    assert "send it again" in (await resp.json())["error"]
+
+    monkeypatch.setattr(api.ingest, "publish_raw", real)
+    resp = await client.post(URL, json={"events": batch}, headers={"X-API-Key": KEY_A})
+    assert resp.status == 202
+    body = await resp.json()
+    assert body["accepted"] == 2 and body["duplicates"] == 0
+    assert await message_count(settings, CRIME) == 2
