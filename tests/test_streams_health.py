@@ -211,6 +211,6 @@ def test_wait_idle_says_which_server_it_cannot_reach(stack: Settings) -> None:
     )
     assert done.returncode == 1
     assert '"server": "kafka"' in done.stderr and "streams.wait_idle_unreachable" in done.stderr
-    assert 'not idle after timeout: "Kafka at 127.0.0.1:1 not reachable' in done.stderr
+    assert "lpt wait-idle: cannot reach Kafka at 127.0.0.1:1." in done.stderr
     assert "Traceback" not in done.stderr
     assert "Unclosed" not in done.stderr
